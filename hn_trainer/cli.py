@@ -1,0 +1,74 @@
+"""``hn-trainer``: mine hard negatives, train and evaluate rerankers, or run the built-in demo.
+
+Each command reads its dataclass arguments from ``--config FILE.yaml`` and flags; ``hn-trainer
+COMMAND --help`` lists them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from hn_trainer.errors import HNTrainerError
+
+COMMANDS = {
+    "mine": "Mine hard negatives for the (query, positive) pairs of a split and write the triples.",
+    "train": "Mine, fine-tune a cross-encoder reranker on the triples, and evaluate it.",
+    "evaluate": "Rerank a first stage's candidates with a cross-encoder and report MRR, nDCG and recall.",
+    "demo": "Mine, train and evaluate on the built-in cloud-documentation demo (a few minutes on a CPU).",
+}
+
+
+def _usage() -> str:
+    lines = ["usage: hn-trainer COMMAND [--config FILE.yaml] [--FIELD VALUE ...]", "", "commands:"]
+    lines += [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def _run(command: str, argv: list[str]) -> None:
+    if command == "mine":
+        from hn_trainer.config import DataArguments, MineOutputArguments, MiningArguments, parse_args
+        from hn_trainer.mining.pipeline import run_mine
+
+        run_mine(*parse_args((DataArguments, MiningArguments, MineOutputArguments), argv))
+    elif command == "train":
+        from hn_trainer.recipe import main as train_main
+
+        train_main(argv)
+    elif command == "evaluate":
+        from hn_trainer.recipe import evaluate_main
+
+        evaluate_main(argv)
+    elif command == "demo":
+        from hn_trainer.recipe import demo_main
+
+        demo_main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"hn-trainer: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "sentence_transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        _run(command, rest)
+    except HNTrainerError as e:
+        print(f"hn-trainer {command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"hn-trainer {command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

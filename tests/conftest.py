@@ -1,0 +1,123 @@
+"""Shared fixtures: tiny models built locally (no hub), and the SciFact folder when it is present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
+
+TINY_SENTENCES = [
+    "deploy a mysql database on cloud infrastructure",
+    "install mysql on premises servers in your data center",
+    "a virtual cloud network vcn is a private network in a region",
+    "a virtual network interface card vnic attaches an instance to a subnet",
+    "a web application firewall waf filters http traffic to web applications",
+    "a firewall controls network traffic between hosts with security rules",
+    "object storage buckets hold unstructured data",
+    "block volumes attach to compute instances as disks",
+    "the query asks how to scale a kubernetes cluster",
+    "load balancers distribute traffic across backend servers",
+    "protein folding and gene expression in cells",
+    "vaccines reduce the risk of infection in children",
+]
+
+
+def build_tiny_bert(path: Path) -> Path:
+    """Save a 2-layer, 32-wide BERT with a WordPiece vocabulary trained on `TINY_SENTENCES`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(TINY_SENTENCES * 4, trainers.WordPieceTrainer(vocab_size=400, special_tokens=special))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    tokenizer = BertTokenizerFast(tokenizer_object=tok, model_max_length=128)
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A tiny BERT checkpoint folder: loads as `SentenceTransformer(dir)` or `CrossEncoder(dir, num_labels=1)`."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tiny_bert_dir, tmp_path_factory) -> Path:
+    """A tiny sentence-transformers bi-encoder folder (mean pooling) built from `tiny_bert_dir`."""
+    from sentence_transformers import SentenceTransformer
+
+    path = tmp_path_factory.mktemp("tiny-st")
+    SentenceTransformer(str(tiny_bert_dir), device="cpu").save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def scifact_dir() -> Path:
+    if not (SCIFACT / "corpus.jsonl").exists():
+        pytest.skip(f"SciFact not found at {SCIFACT} (expected ../shared/data/scifact beside the checkout)")
+    return SCIFACT
+
+
+def write_beir(root: Path, corpus, queries, qrels: dict[str, list[tuple[str, str, int]]]) -> Path:
+    """Write a small BEIR folder: corpus [(id, title, text)], queries [(id, text)], qrels {split: [(q, d, s)]}."""
+    import json
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "corpus.jsonl", "w") as f:
+        for _id, title, text in corpus:
+            f.write(json.dumps({"_id": _id, "title": title, "text": text}) + "\n")
+    with open(root / "queries.jsonl", "w") as f:
+        for _id, text in queries:
+            f.write(json.dumps({"_id": _id, "text": text}) + "\n")
+    (root / "qrels").mkdir(exist_ok=True)
+    for split, rows in qrels.items():
+        with open(root / "qrels" / f"{split}.tsv", "w") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            for q, d, s in rows:
+                f.write(f"{q}\t{d}\t{s}\n")
+    return root
+
+
+@pytest.fixture
+def tiny_beir(tmp_path) -> Path:
+    """A 12-document BEIR folder with train and test qrels."""
+    corpus = [(f"d{i}", f"title {i}", s) for i, s in enumerate(TINY_SENTENCES)]
+    queries = [
+        ("q0", "how do i deploy mysql in the cloud"),
+        ("q1", "what is a vcn"),
+        ("q2", "what does a waf filter"),
+        ("q3", "attach a disk to an instance"),
+        ("q4", "spread traffic over servers"),
+        ("q5", "do vaccines protect children"),
+    ]
+    qrels = {
+        "train": [("q0", "d0", 1), ("q1", "d2", 1), ("q2", "d4", 1), ("q3", "d7", 1)],
+        "test": [("q4", "d9", 1), ("q5", "d11", 1), ("q5", "d10", 1)],
+    }
+    return write_beir(tmp_path / "beir", corpus, queries, qrels)
