@@ -1,0 +1,31 @@
+"""Evaluation: first-stage candidates, cross-encoder reranking, and ranking metrics (MRR, nDCG, Recall)."""
+
+from __future__ import annotations
+
+from hn_trainer.evaluation.first_stage import FIRST_STAGE_METHODS, dense_topk, first_stage_candidates
+from hn_trainer.evaluation.metrics import (
+    PairedTestResult,
+    load_retrieval_metric,
+    paired_test,
+    per_query_metrics,
+    rank_documents,
+    retrieval_metrics,
+)
+from hn_trainer.evaluation.reranking import fuse_runs, rerank, rerank_shard, score_pairs, shard_bounds
+
+__all__ = [
+    "FIRST_STAGE_METHODS",
+    "PairedTestResult",
+    "dense_topk",
+    "first_stage_candidates",
+    "fuse_runs",
+    "load_retrieval_metric",
+    "paired_test",
+    "per_query_metrics",
+    "rank_documents",
+    "rerank",
+    "rerank_shard",
+    "retrieval_metrics",
+    "score_pairs",
+    "shard_bounds",
+]
