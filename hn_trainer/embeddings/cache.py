@@ -1,0 +1,320 @@
+"""On-disk cache of embeddings, per encoder and per text.
+
+Layout::
+
+    <cache_dir>/                          ~/.cache/hn_trainer/embeddings or $HN_TRAINER_CACHE/embeddings
+      <encoder-slug>-<fingerprint[:16]>/  one folder per encoder fingerprint
+        encoder.json                      spec, kind, fingerprint, dim (for people; not read back)
+        shards/<digest>.npz               keys: sha1 digests of texts (S20), vectors: float32 [n, dim]
+
+A shard is written with `hn_trainer.io.atomic_path`: it appears complete under its final
+name or not at all, so an interrupted run leaves nothing a later run would trust (only hidden
+``.*.tmp`` leftovers after a hard kill, which are ignored and swept later). A shard that fails
+to load or has the wrong shape is skipped with a warning. Re-running with the same texts
+encodes nothing; new texts are encoded and added as a new shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hn_trainer.embeddings.base import Encoder
+from hn_trainer.embeddings.distributed import encode_sharded
+from hn_trainer.embeddings.packaged import cache_root
+from hn_trainer.errors import EncoderError
+from hn_trainer.io import atomic_path, write_json
+
+logger = logging.getLogger(__name__)
+
+MAX_SHARDS = 64
+_STALE_TMP_SECONDS = 24 * 3600
+
+
+def default_cache_dir() -> Path:
+    """``$HN_TRAINER_CACHE/embeddings``, or ``~/.cache/hn_trainer/embeddings``."""
+    return cache_root() / "embeddings"
+
+
+def text_key(text: str) -> bytes:
+    """The cache key of a text: its sha1 digest (20 bytes)."""
+    return hashlib.sha1(text.encode("utf-8")).digest()
+
+
+def encoder_folder_name(encoder: Encoder) -> str:
+    """``<readable slug>-<fingerprint prefix>``: one folder per distinct encoder configuration."""
+    target = encoder.spec.target
+    base = Path(target).name if ("/" in target and Path(target).is_absolute()) else target
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{encoder.kind}-{base}" if base else encoder.kind).strip("_")[
+        :60
+    ]
+    return f"{slug}-{encoder.fingerprint[:16]}"
+
+
+class EmbeddingCache:
+    """Vectors of one encoder keyed by text digest, in memory and (optionally) in shard files.
+
+    Args:
+        folder: The encoder's cache folder, or ``None`` to keep vectors in memory only.
+        meta: Written to ``encoder.json`` with the first shard.
+    """
+
+    def __init__(self, folder: str | os.PathLike | None, *, meta: dict | None = None) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self.meta = meta or {}
+        self._index: dict[bytes, tuple[int, int]] = {}
+        self._blocks: list[np.ndarray] = []
+        self.shards_loaded = 0
+        if self.folder is not None:
+            self._load()
+
+    @property
+    def shard_dir(self) -> Path | None:
+        return self.folder / "shards" if self.folder is not None else None
+
+    @property
+    def dim(self) -> int | None:
+        return self._blocks[0].shape[1] if self._blocks else None
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._index
+
+    def _load(self) -> None:
+        shard_dir = self.shard_dir
+        if shard_dir is None or not shard_dir.is_dir():
+            return
+        self._sweep_stale(shard_dir)
+        for path in sorted(shard_dir.glob("*.npz")):
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    keys, vectors = data["keys"], data["vectors"]
+            except FileNotFoundError:
+                continue
+            except Exception as exc:  # noqa: BLE001 - a damaged shard is skipped, never trusted
+                logger.warning("Skipping unreadable cache shard %s: %s", path, exc)
+                continue
+            if (
+                keys.ndim != 1
+                or keys.dtype != np.dtype("S20")
+                or vectors.ndim != 2
+                or vectors.dtype != np.float32
+                or len(keys) != len(vectors)
+                or (self.dim is not None and vectors.shape[1] != self.dim)
+                or not np.isfinite(vectors).all()
+            ):
+                logger.warning("Skipping malformed cache shard %s", path)
+                continue
+            self._insert(list(keys), vectors)
+            self.shards_loaded += 1
+        logger.debug(
+            "Loaded %d cached vectors from %d shards in %s", len(self), self.shards_loaded, shard_dir
+        )
+
+    @staticmethod
+    def _sweep_stale(shard_dir: Path) -> None:
+        """Remove temporaries that a hard-killed writer left behind (older than a day)."""
+        now = time.time()
+        for tmp in shard_dir.glob(".*.tmp"):
+            try:
+                if now - tmp.stat().st_mtime > _STALE_TMP_SECONDS:
+                    shutil.rmtree(tmp, ignore_errors=True)
+            except OSError:
+                pass
+
+    def _insert(self, keys: Sequence[bytes], vectors: np.ndarray) -> None:
+        block = len(self._blocks)
+        self._blocks.append(vectors)
+        for row, key in enumerate(keys):
+            self._index.setdefault(bytes(key), (block, row))
+
+    def contains(self, keys: Sequence[bytes]) -> np.ndarray:
+        """Boolean mask: which `keys` are cached."""
+        return np.fromiter((k in self._index for k in keys), dtype=bool, count=len(keys))
+
+    def get(self, keys: Sequence[bytes]) -> np.ndarray:
+        """Vectors for `keys` (all must be cached), float32 [len(keys), dim]."""
+        if not keys:
+            return np.zeros((0, self.dim or 0), dtype=np.float32)
+        out = np.empty((len(keys), self.dim), dtype=np.float32)
+        for i, key in enumerate(keys):
+            block, row = self._index[key]
+            out[i] = self._blocks[block][row]
+        return out
+
+    def add(self, keys: Sequence[bytes], vectors: np.ndarray, *, persist: bool = True) -> Path | None:
+        """Add vectors; with a folder and `persist`, write them as one new shard (atomically).
+
+        Returns:
+            The shard path when one was written.
+        """
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(keys) != len(vectors):
+            raise ValueError(f"{len(keys)} keys for {len(vectors)} vectors")
+        if not len(keys):
+            return None
+        if self.dim is not None and vectors.shape[1] != self.dim:
+            raise ValueError(f"vectors of dim {vectors.shape[1]} for a cache of dim {self.dim}")
+        path = None
+        if persist and self.shard_dir is not None:
+            path = self._write_shard(list(keys), vectors)
+        self._insert(list(keys), vectors)
+        return path
+
+    def _write_shard(self, keys: list[bytes], vectors: np.ndarray) -> Path:
+        key_array = np.asarray(keys, dtype="S20")
+        name = hashlib.sha1(key_array.tobytes()).hexdigest()[:20] + ".npz"
+        path = self.shard_dir / name
+        if not path.exists():
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, keys=key_array, vectors=vectors)
+        meta_path = self.folder / "encoder.json"
+        if self.meta and not meta_path.exists():
+            write_json(meta_path, {**self.meta, "dim": int(vectors.shape[1])})
+        return path
+
+    def compact(self, max_shards: int = MAX_SHARDS) -> bool:
+        """Merge all shards into one when there are more than `max_shards` (single process only).
+
+        The merged shard is written before the old ones are removed, so an interruption leaves
+        at worst duplicate (identical) vectors.
+        """
+        shard_dir = self.shard_dir
+        if shard_dir is None or not shard_dir.is_dir():
+            return False
+        old = sorted(shard_dir.glob("*.npz"))
+        if len(old) <= max_shards or not self._index:
+            return False
+        keys = list(self._index)
+        merged = self._write_shard(keys, self.get(keys))
+        for path in old:
+            if path != merged:
+                path.unlink(missing_ok=True)
+        logger.info("Compacted %d cache shards into %s", len(old), merged)
+        return True
+
+
+class CachedEncoder:
+    """An `Encoder` behind an `EmbeddingCache`: only texts not yet cached are encoded.
+
+    With an `accelerate.PartialState` of several processes, the missing texts are split across
+    ranks, gathered back in order, and written by the main process only. Every process must
+    call `encode` with the same texts.
+
+    Attributes:
+        texts_encoded: Distinct texts encoded so far (cache misses).
+        texts_cached: Rows served from the cache without encoding.
+        seconds: Time spent in `encode`.
+    """
+
+    def __init__(self, encoder: Encoder, cache: EmbeddingCache, *, state=None) -> None:
+        self.encoder = encoder
+        self.cache = cache
+        self.state = state
+        self.texts_encoded = 0
+        self.texts_cached = 0
+        self.seconds = 0.0
+
+    @classmethod
+    def create(
+        cls,
+        encoder: Encoder,
+        cache_dir: str | os.PathLike | None | bool = None,
+        *,
+        state=None,
+    ) -> CachedEncoder:
+        """Wrap `encoder` with its cache folder under `cache_dir`.
+
+        Args:
+            encoder: The encoder (its fingerprint names the folder).
+            cache_dir: Root folder; ``None`` for `default_cache_dir`; ``False`` for memory only.
+            state: Optional `accelerate.PartialState` for multi-process encoding.
+        """
+        if cache_dir is False:
+            folder = None
+        else:
+            root = (
+                default_cache_dir()
+                if cache_dir is None or cache_dir is True
+                else Path(cache_dir).expanduser()
+            )
+            folder = root / encoder_folder_name(encoder)
+        meta = {"spec": encoder.spec.canonical, "kind": encoder.kind, "fingerprint": encoder.fingerprint}
+        if state is not None and state.num_processes > 1:
+            state.wait_for_everyone()
+        cache = EmbeddingCache(folder, meta=meta)
+        if state is None or state.num_processes <= 1:
+            cache.compact()
+        return cls(encoder, cache, state=state)
+
+    @property
+    def name(self) -> str:
+        return self.encoder.name
+
+    @property
+    def dim(self) -> int:
+        return self.cache.dim or self.encoder.dim
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        ids: Sequence[str] | None = None,
+        batch_size: int = 64,
+        show_progress: bool = True,
+    ) -> np.ndarray:
+        """Vectors for `texts`, from the cache or freshly encoded (then cached).
+
+        Args:
+            texts: Texts to embed.
+            ids: Their ids, used in error messages (default: row numbers).
+            batch_size: Encoder batch size.
+            show_progress: Show the encoder's progress bar.
+
+        Raises:
+            EncoderError: The encoder produced NaN or infinite values; names the encoder and text id.
+        """
+        start = time.perf_counter()
+        texts = list(texts)
+        keys = [text_key(t) for t in texts]
+        cached = self.cache.contains(keys)
+        missing: dict[bytes, int] = {}
+        for i in np.flatnonzero(~cached):
+            missing.setdefault(keys[i], int(i))
+        if missing:
+            rows = sorted(missing.values(), key=lambda i: -len(texts[i]))
+            is_main = self.state is None or self.state.is_main_process
+            vectors = encode_sharded(
+                lambda batch: self.encoder.encode(
+                    batch, batch_size=batch_size, show_progress=show_progress and is_main
+                ),
+                [texts[i] for i in rows],
+                self.state,
+            )
+            bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+            if len(bad):
+                first = rows[int(bad[0])]
+                text_id = ids[first] if ids is not None else str(first)
+                more = f" (and {len(bad) - 1} more texts)" if len(bad) > 1 else ""
+                preview = texts[first][:80]
+                raise EncoderError(
+                    f"encoder {self.name!r} produced NaN/infinite values for text id {text_id!r}{more}: "
+                    f"{preview!r}"
+                )
+            self.cache.add([keys[i] for i in rows], vectors, persist=is_main)
+        self.texts_encoded += len(missing)
+        self.texts_cached += int(cached.sum())
+        out = self.cache.get(keys) if texts else np.zeros((0, self.dim), dtype=np.float32)
+        self.seconds += time.perf_counter() - start
+        return out
