@@ -1,0 +1,307 @@
+"""RemineCallback (pool re-scoring, checkpoint state) and RerankingEvaluationCallback (eval_ metrics)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import TrainerControl, TrainerState, set_seed
+
+from hn_trainer.errors import HNTrainerError
+from hn_trainer.evaluation.metrics import retrieval_metrics
+from hn_trainer.evaluation.reranking import rerank, score_pairs
+from hn_trainer.training import (
+    HardNegativeDataset,
+    HardNegativeTrainer,
+    HardNegativeTrainingArguments,
+    RemineCallback,
+    RerankingEvaluationCallback,
+    load_reranker,
+)
+
+DOCS = {
+    "d0": "deploy a mysql database on cloud infrastructure",
+    "d1": "install mysql on premises servers in your data center",
+    "d2": "a virtual cloud network vcn is a private network in a region",
+    "d3": "a virtual network interface card vnic attaches an instance to a subnet",
+    "d4": "a web application firewall waf filters http traffic to web applications",
+    "d5": "a firewall controls network traffic between hosts with security rules",
+    "d6": "object storage buckets hold unstructured data",
+    "d7": "block volumes attach to compute instances as disks",
+    "d8": "load balancers distribute traffic across backend servers",
+    "d9": "vaccines reduce the risk of infection in children",
+}
+QUERIES = {
+    "q0": "deploy mysql in the cloud",
+    "q1": "what is a vcn",
+    "q2": "what does a waf filter",
+    "q3": "attach a disk",
+}
+QRELS = {"q0": {"d0": 1}, "q1": {"d2": 1}, "q2": {"d4": 1}, "q3": {"d7": 1}}
+
+
+def make_dataset() -> HardNegativeDataset:
+    ids = list(DOCS)
+    rows = []
+    for i, (qid, rels) in enumerate(QRELS.items()):
+        pos = next(iter(rels))
+        negs = [d for d in ids if d != pos][i : i + 4]
+        rows.append(
+            {
+                "query_id": qid,
+                "query": QUERIES[qid],
+                "positive_id": pos,
+                "positive": DOCS[pos],
+                "negative_ids": negs,
+                "negatives": [DOCS[d] for d in negs],
+            }
+        )
+    return HardNegativeDataset.from_rows(rows)
+
+
+def make_args(tmp_path, **kwargs):
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=2,
+        max_steps=2,
+        learning_rate=5e-4,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        max_length=32,
+    )
+    defaults.update(kwargs)
+    return HardNegativeTrainingArguments(**defaults)
+
+
+@pytest.fixture(scope="module")
+def reranker(tiny_bert_dir):
+    set_seed(0)
+    model, tokenizer = load_reranker(str(tiny_bert_dir))
+    return model.eval(), tokenizer
+
+
+def test_remine_orders_each_pool_by_model_score(reranker):
+    model, tokenizer = reranker
+    ds = make_dataset()
+    before = [ds[i]["pool_ids"] for i in range(len(ds))]
+    callback = RemineCallback(ds, remine_steps=1, batch_size=3, max_length=32)
+    callback.remine(model, tokenizer, step=5)
+    assert callback.last_step == 5 and callback.history[-1]["step"] == 5
+    changed = False
+    for i in range(len(ds)):
+        item = ds[i]
+        assert sorted(item["pool_ids"]) == sorted(before[i])  # same documents, new order
+        scores = score_pairs(
+            model, tokenizer, [(item["query"], t) for t in item["pool_texts"]], max_length=32
+        )
+        assert np.all(np.diff(scores) <= 1e-6), "pool not sorted hardest (highest score) first"
+        changed |= item["pool_ids"] != before[i]
+    assert changed
+    with pytest.raises(HNTrainerError):
+        RemineCallback(ds, remine_steps=0)
+
+
+def test_remine_state_round_trips_through_a_checkpoint(tmp_path, tiny_bert_dir):
+    args = make_args(tmp_path, remine_steps=2, save_strategy="steps", save_steps=2, num_negatives=2)
+    trainer = HardNegativeTrainer(str(tiny_bert_dir), args, train_dataset=make_dataset())
+    assert any(isinstance(cb, RemineCallback) for cb in trainer.callback_handler.callbacks)
+    trainer.train()
+    trained = trainer.train_dataset.pools
+    assert not np.array_equal(trained, make_dataset().pools)
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    assert (checkpoint / RemineCallback.STATE_FILE).exists()
+
+    # explicit load (what HardNegativeTrainer.train(resume_from_checkpoint=...) does)
+    fresh = make_dataset()
+    callback = RemineCallback(fresh, remine_steps=2)
+    assert callback.load_checkpoint(checkpoint)
+    assert np.array_equal(fresh.pools, trained) and callback.last_step == 2
+    # with a plain transformers.Trainer: on_train_begin finds the checkpoint of the restored step
+    fresh = make_dataset()
+    callback = RemineCallback(fresh, remine_steps=2)
+    callback.on_train_begin(args, TrainerState(global_step=2), TrainerControl())
+    assert np.array_equal(fresh.pools, trained)
+    # a checkpoint of other data is refused; a checkpoint without state leaves the pools alone
+    other = HardNegativeDataset.from_rows(
+        [
+            {
+                "query_id": "q",
+                "query": "q",
+                "positive_id": "d0",
+                "positive": "p",
+                "negative_ids": ["d1"],
+                "negatives": ["n"],
+            }
+        ]
+    )
+    with pytest.raises(HNTrainerError, match="does not fit"):
+        RemineCallback(other, remine_steps=1).load_checkpoint(checkpoint)
+    assert not RemineCallback(make_dataset(), remine_steps=1).load_checkpoint(tmp_path)
+
+
+def _candidates():
+    return {q: {d: 0.0 for d in DOCS} for q in QUERIES}
+
+
+def test_evaluation_metrics_reach_evaluate_with_the_eval_prefix(tmp_path, tiny_bert_dir):
+    evaluator = RerankingEvaluationCallback(_candidates(), QUERIES, DOCS, QRELS, batch_size=8)
+    args = make_args(
+        tmp_path,
+        eval_strategy="steps",
+        eval_steps=1,
+        metric_for_best_model="eval_mrr@10",
+        save_strategy="steps",
+        save_steps=1,
+        load_best_model_at_end=True,
+        save_total_limit=1,
+    )
+    trainer = HardNegativeTrainer(
+        str(tiny_bert_dir), args, train_dataset=make_dataset(), callbacks=[evaluator]
+    )
+    assert evaluator.max_length == 32  # the training max_length
+    metrics = trainer.evaluate()
+    for key in ("eval_mrr@3", "eval_mrr@10", "eval_ndcg@10", "eval_recall@10"):
+        assert key in metrics and 0.0 <= metrics[key] <= 1.0
+    # the values are those of reranking the candidates and scoring the run
+    run = rerank(
+        (trainer.model, trainer.processing_class),
+        _candidates(),
+        QUERIES,
+        DOCS,
+        max_length=32,
+        show_progress_bar=False,
+    )
+    expected = retrieval_metrics(run, QRELS)
+    assert metrics["eval_mrr@10"] == pytest.approx(expected["mrr@10"])
+    assert metrics["eval_ndcg@10"] == pytest.approx(expected["ndcg@10"])
+    # during training they are logged and drive best-model selection
+    trainer.train()
+    logged = [log for log in trainer.state.log_history if "eval_mrr@10" in log]
+    assert len(logged) == 2
+    assert trainer.state.best_metric == pytest.approx(max(log["eval_mrr@10"] for log in logged))
+
+
+def test_evaluation_with_an_eval_dataset_and_a_plain_trainer(tmp_path, tiny_bert_dir, reranker):
+    evaluator = RerankingEvaluationCallback(
+        _candidates(), QUERIES, DOCS, QRELS, name="dev", mrr_at=(10,), ndcg_at=(), recall_at=(5,)
+    )
+    trainer = HardNegativeTrainer(
+        str(tiny_bert_dir),
+        make_args(tmp_path),
+        train_dataset=make_dataset(),
+        eval_dataset=make_dataset(),
+        evaluator=evaluator,
+    )
+    metrics = trainer.evaluate()
+    assert {"eval_loss", "eval_dev_mrr@10", "eval_dev_recall@5"} <= set(metrics)
+    assert np.isfinite(metrics["eval_loss"])
+    # with transformers.Trainer, on_evaluate adds the metrics to the dict in place
+    model, tokenizer = reranker
+    metrics = {"eval_loss": 0.5}
+    evaluator.on_evaluate(
+        trainer.args,
+        TrainerState(),
+        TrainerControl(),
+        metrics=metrics,
+        model=model,
+        processing_class=tokenizer,
+    )
+    assert set(metrics) == {"eval_loss", "eval_dev_mrr@10", "eval_dev_recall@5"}
+    with pytest.raises(HNTrainerError, match="no evaluation query"):
+        RerankingEvaluationCallback({"qx": {"d0": 1.0}}, QUERIES, DOCS, QRELS)
+
+
+def test_evaluator_accepts_a_cross_encoder(tiny_bert_dir):
+    from sentence_transformers import CrossEncoder
+
+    evaluator = RerankingEvaluationCallback(_candidates(), QUERIES, DOCS, QRELS, max_length=32)
+    model = CrossEncoder(str(tiny_bert_dir), num_labels=1, device="cpu")
+    values = evaluator(model)
+    assert set(values) == {"mrr@3", "mrr@10", "ndcg@10", "recall@10"}
+    assert set(evaluator.last_run) == set(QUERIES) and all(
+        len(v) == len(DOCS) for v in evaluator.last_run.values()
+    )
+    assert torch.is_tensor(next(model.model.parameters()))
+
+
+DISTRIBUTED_SCRIPT = """
+import json, os, sys
+import numpy as np
+from hn_trainer.evaluation.reranking import score_pairs
+from hn_trainer.training import (HardNegativeDataset, HardNegativeTrainer, HardNegativeTrainingArguments,
+                                 RerankingEvaluationCallback)
+
+tiny, out = sys.argv[1], sys.argv[2]
+docs = {f"d{i}": f"document {i} about cloud network mysql firewall traffic " + "x " * i for i in range(10)}
+queries = {f"q{i}": f"query {i} about the cloud" for i in range(5)}
+qrels = {f"q{i}": {f"d{i}": 1} for i in range(5)}
+rows = [{"query_id": q, "query": queries[q], "positive_id": f"d{i}", "positive": docs[f"d{i}"],
+         "negative_ids": [f"d{(i + j) % 10}" for j in range(1, 5)],
+         "negatives": [docs[f"d{(i + j) % 10}"] for j in range(1, 5)]} for i, q in enumerate(queries)]
+ds = HardNegativeDataset.from_rows(rows)
+evaluator = RerankingEvaluationCallback({q: {d: 0.0 for d in docs} for q in queries}, queries, docs, qrels)
+args = HardNegativeTrainingArguments(
+    output_dir=out, use_cpu=True, per_device_train_batch_size=2, max_steps=2, remine_steps=2, report_to=[],
+    save_strategy="no", disable_tqdm=True, seed=0, max_length=32, learning_rate=1e-3, num_negatives=2,
+    loss="lce")
+trainer = HardNegativeTrainer(tiny, args, train_dataset=ds, callbacks=[evaluator])
+trainer.train()
+metrics = trainer.evaluate()
+rank = trainer.accelerator.process_index
+result = {"world": trainer.accelerator.num_processes, "pools": ds.pools.tolist(), "metrics": metrics}
+if rank == 0:
+    model, tok = trainer.model, trainer.processing_class
+    result["sorted"] = [
+        bool(np.all(np.diff(score_pairs(model, tok, [(ds[i]["query"], t) for t in ds[i]["pool_texts"]],
+                                        max_length=32)) <= 1e-5))
+        for i in range(len(ds))
+    ]
+    result["single_process"] = evaluator(model, tok)
+with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+    json.dump(result, f)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_share_pools_and_metrics(tmp_path, tiny_bert_dir):
+    """torchrun, 2 CPU processes (gloo): re-scoring and evaluation shard the pairs and agree on every rank."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "run.py"
+    script.write_text(DISTRIBUTED_SCRIPT)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(tiny_bert_dir),
+        str(out),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0]["pools"] == ranks[1]["pools"]
+    assert all(ranks[0]["sorted"])  # gathered scores ordered every pool as one process would
+    for key, value in ranks[0]["single_process"].items():
+        assert ranks[0]["metrics"][f"eval_{key}"] == pytest.approx(value)
+        assert ranks[1]["metrics"][f"eval_{key}"] == pytest.approx(value)
