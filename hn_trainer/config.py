@@ -72,7 +72,6 @@ class MiningArguments:
         default="both",
         metadata={"help": "'both': d(Q,D) < d(Q,PD) and d(Q,D) < d(PD,D); 'query': the first condition only."},
     )
-    num_negatives: int = field(default=1, metadata={"help": "Hard negatives kept per (query, positive) pair."})
     positive_aware_ratio: float = field(
         default=0.95, metadata={"help": "positive_aware: keep candidates scoring below this fraction of the positive."}
     )
@@ -92,8 +91,6 @@ class MiningArguments:
             raise ConfigError("encoders: name at least one encoder")
         if self.pca_variance is not None and not 0 < self.pca_variance <= 1:
             raise ConfigError(f"pca_variance must be in (0, 1], got {self.pca_variance}")
-        if self.num_negatives < 1:
-            raise ConfigError(f"num_negatives must be at least 1, got {self.num_negatives}")
 
     @property
     def encoder_list(self) -> list[str]:
@@ -105,6 +102,7 @@ class MineOutputArguments:
     """Where the `mine` command writes."""
 
     output_dir: str = field(default="runs/mine", metadata={"help": "Folder for triples, stats and embeddings."})
+    num_negatives: int = field(default=1, metadata={"help": "Hard negatives kept per (query, positive) pair."})
     save_embeddings: bool = field(
         default=False, metadata={"help": "Also write the vectors the kernel used (.npy) and their row ids."}
     )

@@ -15,7 +15,6 @@ Three ways in:
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -208,11 +207,12 @@ class HardNegativeDataset(Dataset):
                 device=device,
             )
         else:
-            from hn_trainer.mining.samplers import MiningInputs, get_sampler
+            from hn_trainer.mining.pipeline import configured_sampler
+            from hn_trainer.mining.samplers import MiningInputs
 
             if isinstance(sampler, str):
                 settings = {"metric": metric, "conditions": conditions, "device": device}
-                sampler = get_sampler(sampler, **_accepted(sampler, settings), **(sampler_kwargs or {}))
+                sampler = configured_sampler(sampler, settings, **(sampler_kwargs or {}))
             inputs = MiningInputs(
                 queries=list(query_texts),
                 documents=list(doc_texts),
@@ -408,19 +408,6 @@ class HardNegativeDataset(Dataset):
                 "new pools must reorder each pair's negatives (same documents, padding last)"
             )
         self.pools = pools.copy()
-
-
-def _accepted(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``settings`` (not ``None``) that the sampler class registered as ``name`` takes."""
-    from hn_trainer.mining import samplers
-
-    cls = getattr(samplers, "SAMPLERS", {}).get(name)
-    names: set[str] = set()
-    for klass in cls.__mro__ if cls is not None else ():
-        init = klass.__dict__.get("__init__")
-        if init is not None:
-            names |= set(inspect.signature(init).parameters)
-    return {k: v for k, v in settings.items() if k in names and v is not None}
 
 
 def _left_pack(pools: np.ndarray) -> np.ndarray:
