@@ -77,8 +77,9 @@ def test_all_pairs_without_negatives_raise():
     rows = [row("q0", "mysql", "d0", []), row("q1", "vcn", "d2", [])]
     with pytest.raises(HNTrainerError, match="no training pair has a hard negative"):
         HardNegativeDataset.from_rows(rows)
-    with pytest.raises(HNTrainerError, match="nothing to train on"):
-        HardNegativeDataset.from_rows(rows, keep_empty=True)
+    # Kept on request: they can still train on random or in-batch negatives (the trainer checks that).
+    kept = HardNegativeDataset.from_rows(rows, keep_empty=True)
+    assert len(kept) == 2 and kept.stats["pairs_without_negatives"] == 2
     with pytest.raises(HNTrainerError):
         HardNegativeDataset.from_rows([])
 

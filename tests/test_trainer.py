@@ -179,6 +179,11 @@ def test_empty_training_set_is_an_error(tmp_path, tiny_bert_dir):
         HardNegativeDataset.from_rows(rows)
     with pytest.raises(HNTrainerError, match="empty"):
         HardNegativeTrainer(str(tiny_bert_dir), make_args(tmp_path), train_dataset=[])
+    kept = HardNegativeDataset.from_rows(rows, keep_empty=True)
+    with pytest.raises(HNTrainerError, match="all 1 pools are empty"):
+        HardNegativeTrainer(str(tiny_bert_dir), make_args(tmp_path), train_dataset=kept)
+    # With random negatives to fall back on, the same pairs train.
+    HardNegativeTrainer(str(tiny_bert_dir), make_args(tmp_path, fill_random_negatives=True), train_dataset=kept)
 
 
 class StopAt(TrainerCallback):

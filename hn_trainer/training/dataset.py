@@ -56,7 +56,8 @@ class HardNegativeDataset(Dataset):
             negatives when configured). By default they are dropped; either way they are counted in `stats`.
 
     Raises:
-        HNTrainerError: When no pair has a hard negative (nothing to train on).
+        HNTrainerError: When there is no pair, or no pair has a hard negative and empty pools are not kept
+            (nothing to train on).
     """
 
     def __init__(
@@ -100,7 +101,7 @@ class HardNegativeDataset(Dataset):
         has_negative = (pools >= 0).any(axis=1) if pools.shape[1] else np.zeros(len(pools), dtype=bool)
         n_total = len(pair_queries)
         n_empty = int((~has_negative).sum())
-        if n_total == 0 or n_empty == n_total:
+        if n_total == 0 or (n_empty == n_total and not keep_empty):
             raise HNTrainerError(
                 f"no training pair has a hard negative ({n_total} (query, positive) pairs, {n_empty} without "
                 "one): nothing to train on. Mine a larger pool, relax the conditions (conditions='query'), "

@@ -270,6 +270,17 @@ class HardNegativeTrainer(Trainer):
                 if isinstance(train_dataset, HardNegativeDataset):
                     data_collator.bind_corpus(train_dataset.doc_texts, train_dataset.doc_ids)
         max_length = getattr(data_collator, "max_length", args.max_length)
+        if (
+            isinstance(train_dataset, HardNegativeDataset)
+            and train_dataset.stats["pairs_without_negatives"] == len(train_dataset)
+            and isinstance(data_collator, HardNegativeCollator)
+            and not (data_collator.needs_corpus or data_collator.in_batch_negatives)
+        ):
+            raise HNTrainerError(
+                f"no training pair has a negative: all {len(train_dataset)} pools are empty and neither random nor "
+                "in-batch negatives are configured, so there is nothing to train on. Mine a larger pool, relax the "
+                "conditions (conditions='query'), or set fill_random_negatives / in_batch_negatives."
+            )
         callbacks = list(callbacks or [])
         evaluators = self._collect_evaluators(evaluator, callbacks, max_length)
         callbacks += self._remine_callbacks(args, train_dataset, callbacks, max_length)
