@@ -48,6 +48,12 @@ class RecipeArguments:
         metadata={"help": "'titles': before the main training, adapt the reranker to the domain on "
                   "(document title, document body) pseudo-queries with mined negatives (no labels needed)."},
     )
+    warm_start_negatives: Literal["dense_topk", "dual_condition", "random"] = field(
+        default="dense_topk",
+        metadata={"help": "Negatives of the warm-start stage, mined in the same vector space. A title sits so close "
+                  "to its own document that the dual condition rarely finds a negative for it (those pairs "
+                  "then get random negatives); 'dense_topk' takes the documents nearest the title."},
+    )
     warm_start_epochs: float = field(default=1.0, metadata={"help": "Epochs of the warm-start stage."})
     warm_start_max_pairs: int | None = field(
         default=None, metadata={"help": "Use at most this many title pseudo-queries (seeded draw)."}
@@ -91,7 +97,7 @@ class Embeddings:
 
 
 def embed(data: RetrievalData, mining_args: MiningArguments, query_ids: list[str], state=None) -> Embeddings:
-    """Build the ensemble + PCA vectors of the corpus and of `query_ids` (the main process fills the cache first)."""
+    """Build the ensemble + PCA vectors of the corpus and of `query_ids` (sharded over the ranks of `state`)."""
     from hn_trainer.embeddings import build_ensemble_embeddings
 
     index = data.query_index()
@@ -138,6 +144,7 @@ def title_dataset(data, mining_args, train_args, recipe_args, embeddings):
     mined by the same kernel in the same vector space (bodies shown without titles on both sides)."""
     import random
 
+    from hn_trainer.mining.pipeline import configured_sampler, sampler_settings
     from hn_trainer.training import HardNegativeDataset
 
     titled = [(d, t.strip()) for d, t in zip(data.corpus["_id"], data.corpus["title"]) if t and t.strip()]
@@ -147,11 +154,13 @@ def title_dataset(data, mining_args, train_args, recipe_args, embeddings):
         titled = random.Random(train_args.seed).sample(titled, recipe_args.warm_start_max_pairs)
     query_ids = [f"title:{d}" for d, _ in titled]
     title_vectors = embeddings.result.encode([t for _, t in titled], batch_size=mining_args.embedding_batch_size)
+    method = recipe_args.warm_start_negatives
+    sampler = None if method == "dual_condition" else configured_sampler(method, sampler_settings(mining_args))
     return HardNegativeDataset.from_embeddings(
         query_ids, [t for _, t in titled], list(data.corpus["_id"]), list(data.corpus["text"]),
         [(q, d) for q, (d, _) in zip(query_ids, titled)], title_vectors, embeddings.corpus,
-        pool_size=train_args.pool_size, metric=mining_args.metric, conditions=mining_args.conditions,
-        device=mining_args.mining_device,
+        pool_size=train_args.pool_size, metric=mining_args.metric, sampler=sampler, conditions=mining_args.conditions,
+        keep_empty=True, device=mining_args.mining_device,
     )
 
 
@@ -216,11 +225,10 @@ def run_training(data_args, mining_args, train_args, recipe_args, *, do_train: b
     needs_vectors = (do_train and not recipe_args.mined_dir and mining_args.method in
                      {"dual_condition", "dense_topk", "positive_aware"}) or recipe_args.first_stage == "ensemble" \
         or recipe_args.warm_start == "titles"
-    with state.main_process_first():
-        embeddings = embed(data, mining_args, list(dict.fromkeys(train_ids + eval_ids)), state) \
-            if needs_vectors else None
-        candidates = first_stage_run(data, data_args.eval_split, recipe_args, train_args, mining_args, embeddings,
-                                     eval_ids, state)
+    # Every rank takes part: texts missing from the cache are encoded in shards and gathered.
+    embeddings = embed(data, mining_args, list(dict.fromkeys(train_ids + eval_ids)), state) if needs_vectors else None
+    candidates = first_stage_run(data, data_args.eval_split, recipe_args, train_args, mining_args, embeddings,
+                                 eval_ids, state)
     qrels = data.relevant(data_args.eval_split)
     rows = {f"first stage ({recipe_args.first_stage}, top {train_args.eval_candidates_k})":
             retrieval_metrics(candidates, {q: qrels[q] for q in eval_ids})}
@@ -235,8 +243,7 @@ def run_training(data_args, mining_args, train_args, recipe_args, *, do_train: b
     )
     model = recipe_args.model_name_or_path
     if do_train:
-        with state.main_process_first():
-            train_dataset = training_dataset(data, data_args, mining_args, train_args, recipe_args, embeddings)
+        train_dataset = training_dataset(data, data_args, mining_args, train_args, recipe_args, embeddings)
         card.mining = {
             "encoders": ", ".join(mining_args.encoder_list), "pca_variance": mining_args.pca_variance,
             "method": mining_args.method, "metric": mining_args.metric, "conditions": mining_args.conditions,
@@ -282,11 +289,10 @@ def _warm_start(trainer, data, mining_args, train_args, recipe_args, embeddings,
 
     from hn_trainer.training import HardNegativeTrainer
 
-    with state.main_process_first():
-        titles = title_dataset(data, mining_args, train_args, recipe_args, embeddings)
+    titles = title_dataset(data, mining_args, train_args, recipe_args, embeddings)
     args = replace(train_args, output_dir=str(Path(train_args.output_dir) / "warm_start"),
                    num_train_epochs=recipe_args.warm_start_epochs, max_steps=-1, resume_from_checkpoint=None,
-                   push_to_hub=False, eval_strategy="no", load_best_model_at_end=False)
+                   push_to_hub=False, eval_strategy="no", load_best_model_at_end=False, fill_random_negatives=True)
     warm = HardNegativeTrainer(trainer.model, args, train_dataset=titles, processing_class=trainer.processing_class,
                                evaluator=evaluator)
     warm.train()
@@ -307,19 +313,22 @@ DEMO_DEFAULTS = {
     "data": "demo",
     "encoders": "sentence-transformers/all-MiniLM-L6-v2,sentence-transformers/paraphrase-MiniLM-L3-v2,lsa:128",
     "output_dir": "runs/demo",
+    "warm_start": "titles",
     "loss": "lce",
     "pool_size": 8,
     "num_negatives": 3,
     "negative_strategy": "sample",
+    "keep_pairs_without_negatives": "true",
     "fill_random_negatives": "true",
-    "num_train_epochs": 3,
-    "learning_rate": 5e-5,
+    "num_train_epochs": 4,
+    "learning_rate": 1e-4,
+    "warmup_steps": 5,
     "per_device_train_batch_size": 8,
     "max_length": 128,
     "eval_candidates_k": 20,
     "logging_steps": 10,
     "save_strategy": "no",
-    "eval_strategy": "epoch",
+    "eval_strategy": "no",
     "report_to": "none",
 }
 

@@ -121,3 +121,9 @@ def tiny_beir(tmp_path) -> Path:
         "test": [("q4", "d9", 1), ("q5", "d11", 1), ("q5", "d10", 1)],
     }
     return write_beir(tmp_path / "beir", corpus, queries, qrels)
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory) -> Path:
+    """An embedding cache shared by the integration tests, so SciFact is encoded once per session."""
+    return tmp_path_factory.mktemp("embedding-cache")

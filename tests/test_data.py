@@ -79,3 +79,35 @@ def test_scifact_counts(scifact_dir):
 def test_demo_loads():
     data = load_beir("demo")
     assert data.corpus.num_rows > 0 and "train" in data.splits and "test" in data.splits
+
+
+def test_hub_layout_is_converted_and_checked(monkeypatch):
+    """`BeIR/<name>` + `BeIR/<name>-qrels` (no network: `load_dataset` answers from memory)."""
+    import datasets
+
+    tables = {
+        ("BeIR/tiny", "corpus"): datasets.Dataset.from_dict(
+            {"_id": ["d1", "d2"], "title": ["t", None], "text": ["one", "two"], "extra": [1, 2]}),
+        ("BeIR/tiny", "queries"): datasets.Dataset.from_dict({"_id": ["q1"], "text": ["which one"], "meta": ["x"]}),
+    }
+
+    def fake_load(repo, config=None, split=None):
+        if repo == "BeIR/tiny-qrels":
+            return datasets.DatasetDict({"test": datasets.Dataset.from_dict(
+                {"query-id": ["q1"], "corpus-id": ["d2"], "score": [1]})})
+        return tables[repo, config]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    data = load_beir("BeIR/tiny")
+    assert data.corpus.column_names == ["_id", "title", "text"] and data.corpus["title"] == ["t", ""]
+    assert data.pairs("test") == [("q1", "d2")] and data.name == "BeIR/tiny"
+
+    def bad_qrels(repo, config=None, split=None):
+        if repo == "BeIR/tiny-qrels":
+            return datasets.DatasetDict({"test": datasets.Dataset.from_dict(
+                {"query-id": ["q1"], "corpus-id": ["d9"], "score": [1]})})
+        return tables[repo, config]
+
+    monkeypatch.setattr(datasets, "load_dataset", bad_qrels)
+    with pytest.raises(DataError, match=r"BeIR/tiny-qrels/test:1: id 'd9': unknown document id"):
+        load_beir("BeIR/tiny")

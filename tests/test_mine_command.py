@@ -10,10 +10,10 @@ import pytest
 from hn_trainer.cli import main
 
 
-def _mine(tmp_path, beir, encoders, *extra):
+def _mine(tmp_path, beir, encoders, *extra, cache=None):
     out = tmp_path / "out"
     argv = ["mine", "--data", str(beir), "--encoders", encoders, "--output_dir", str(out),
-            "--cache_dir", str(tmp_path / "cache"), *extra]
+            "--cache_dir", str(cache or tmp_path / "cache"), *extra]
     return main(argv), out
 
 
@@ -84,9 +84,10 @@ def test_bad_pca_variance_and_encoder(tmp_path, tiny_beir, capsys):
 
 
 @pytest.mark.slow
-def test_scifact_train_pairs_with_minilm_and_lsa(tmp_path, scifact_dir):
+def test_scifact_train_pairs_with_minilm_and_lsa(tmp_path, scifact_dir, session_cache):
     """The real packaged all-MiniLM-L6-v2 plus LSA on the 919 SciFact training pairs."""
-    rc, out = _mine(tmp_path, scifact_dir, "sentence-transformers/all-MiniLM-L6-v2,lsa", "--num_negatives", "5")
+    rc, out = _mine(tmp_path, scifact_dir, "sentence-transformers/all-MiniLM-L6-v2,lsa", "--num_negatives", "5",
+                    cache=session_cache)
     assert rc == 0
     stats = json.loads((out / "stats.json").read_text())
     assert stats["pairs"] == 919 and stats["queries"] == 809 and stats["documents"] == 5183

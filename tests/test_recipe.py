@@ -105,7 +105,7 @@ def test_two_cpu_processes_through_accelerate_launch(tmp_path, tiny_beir, tiny_b
 
 
 @pytest.mark.slow
-def test_scifact_slice_end_to_end(tmp_path, scifact_dir):
+def test_scifact_slice_end_to_end(tmp_path, scifact_dir, session_cache):
     """Mine, train a few steps and evaluate with the real packaged models on a slice of SciFact."""
     rc = main([
         "train", "--data", str(scifact_dir), "--encoders", "sentence-transformers/all-MiniLM-L6-v2,lsa",
@@ -113,6 +113,7 @@ def test_scifact_slice_end_to_end(tmp_path, scifact_dir):
         "--per_device_train_batch_size", "4", "--max_length", "128", "--eval_candidates_k", "5",
         "--output_dir", str(tmp_path / "run"), "--save_strategy", "no", "--report_to", "none",
         "--keep_pairs_without_negatives", "true", "--fill_random_negatives", "true",
+        "--cache_dir", str(session_cache),
     ])
     assert rc == 0
     rows = json.loads((tmp_path / "run" / "results.json").read_text())["rows"]
