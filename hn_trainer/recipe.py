@@ -255,7 +255,8 @@ def run_training(data_args, mining_args, train_args, recipe_args, *, do_train: b
                                   evaluator=evaluator)
     if recipe_args.evaluate_base:
         rows["base reranker"] = _strip(trainer.evaluate())
-    if do_train and recipe_args.warm_start == "titles":
+    if do_train and recipe_args.warm_start == "titles" and not train_args.resume_from_checkpoint:
+        # (a resumed run restores the weights from its checkpoint, warm start included)
         rows.update(_warm_start(trainer, data, mining_args, train_args, recipe_args, embeddings, evaluator, state))
     if do_train:
         trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
