@@ -158,6 +158,7 @@ def test_tokenisation_matches_cross_encoder(tokenizer, dataset, tiny_bert_dir):
     expected = model.preprocess(pairs)
     for key in ("input_ids", "attention_mask", "token_type_ids"):
         assert torch.equal(batch[key], expected[key]), key
+        assert batch[key].dtype == expected[key].dtype == torch.int64, key
     assert batch["input_ids"].shape[1] == 12  # truncated at max_length
 
 

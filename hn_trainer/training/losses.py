@@ -61,7 +61,12 @@ class BinaryCrossEntropyLoss(nn.Module):
         pos_weight = None
         if self.pos_weight is not None:
             pos_weight = torch.tensor(self.pos_weight, dtype=scores.dtype, device=scores.device)
-        return F.binary_cross_entropy_with_logits(scores[keep], labels[keep], pos_weight=pos_weight)
+        # a masked mean (in float32) rather than boolean indexing, which would wait for the GPU every step
+        per_row = F.binary_cross_entropy_with_logits(
+            scores, torch.where(keep, labels, 0.0), pos_weight=pos_weight, reduction="none"
+        )
+        weights = keep.to(torch.float32)
+        return (per_row.float() * weights).sum() / weights.sum()
 
 
 class LocalizedContrastiveLoss(nn.Module):

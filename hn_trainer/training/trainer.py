@@ -410,9 +410,20 @@ class HardNegativeTrainer(Trainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        """The host's estimate (6 x tokens x non-embedding parameters) for the real batch.
+
+        The parameter count is computed once per model instead of once per step: counting walks every module,
+        a cost the step would otherwise pay each time.
+        """
         if DEFERRED_KEY in inputs and self._last_features is not None:
             inputs = self._last_features
-        return super().floating_point_ops(inputs)
+        main_input = getattr(self.model, "main_input_name", "input_ids")
+        if main_input not in inputs or not hasattr(self.model, "num_parameters"):
+            return super().floating_point_ops(inputs)
+        cached = getattr(self, "_flop_parameters", None)
+        if cached is None or cached[0] is not self.model:
+            cached = self._flop_parameters = (self.model, self.model.num_parameters(exclude_embeddings=True))
+        return 6 * inputs[main_input].numel() * cached[1]
 
     def _track_num_input_tokens(self, inputs):  # transformers >= 4.57: counts tokens of the real batch
         if DEFERRED_KEY in inputs and self._last_features is not None:
