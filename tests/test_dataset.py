@@ -189,35 +189,19 @@ def test_from_embeddings_uses_the_dual_condition_kernel():
     assert "d2" not in found and ds.stats["pairs_without_negatives"] == 1
 
 
-def test_from_embeddings_with_a_sampler_object(monkeypatch):
-    import sys
-    import types
-    from dataclasses import dataclass
+def test_from_embeddings_with_a_sampler_object():
+    from hn_trainer.mining.kernel import MiningResult
+    from hn_trainer.mining.samplers import NegativeSampler
 
     calls = {}
 
-    @dataclass
-    class Inputs:
-        queries: list
-        documents: list
-        pairs: torch.Tensor
-        positives: list
-        query_embeddings: object
-        corpus_embeddings: object
+    class Sampler(NegativeSampler):
+        name = "fixed"
 
-    class Result:
-        def __init__(self, indices):
-            self.indices = indices
-
-    class Sampler:
         def mine(self, inputs, k):
             calls["inputs"], calls["k"] = inputs, k
-            return Result(torch.tensor([[2, 1, -1]]))
+            return MiningResult(torch.tensor([[2, 1, -1]]), torch.tensor([[0.1, 0.2, float("inf")]]))
 
-    module = types.ModuleType("hn_trainer.mining.samplers")
-    module.MiningInputs = Inputs
-    module.get_sampler = lambda name: Sampler()
-    monkeypatch.setitem(sys.modules, "hn_trainer.mining.samplers", module)
     doc_ids, corpus, queries = _toy_embeddings()
     ds = HardNegativeDataset.from_embeddings(
         ["q0", "q1"],
@@ -228,7 +212,7 @@ def test_from_embeddings_with_a_sampler_object(monkeypatch):
         query_embeddings=None,
         corpus_embeddings=None,
         pool_size=3,
-        sampler="random",
+        sampler=Sampler(),
         positives={"q0": ["d3"]},
     )
     assert calls["k"] == 3
