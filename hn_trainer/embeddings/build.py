@@ -14,7 +14,13 @@ import numpy as np
 
 from hn_trainer.embeddings.base import make_fingerprint
 from hn_trainer.embeddings.ensemble import EnsembleEncoder, TextFn, check_specs, document_text
-from hn_trainer.embeddings.maps import CONCAT_COLUMN, EMBEDDING_COLUMN, EnsembleEmbeddingMap, PcaMap
+from hn_trainer.embeddings.maps import (
+    CONCAT_COLUMN,
+    EMBEDDING_COLUMN,
+    EnsembleEmbeddingMap,
+    PcaMap,
+    vector_matrix,
+)
 from hn_trainer.embeddings.pca import DEFAULT_PCA_VARIANCE, PcaProjection, validate_pca_variance
 from hn_trainer.embeddings.specs import parse_spec
 from hn_trainer.errors import ConfigError, DataError
@@ -94,11 +100,11 @@ def _as_dataset(data, what: str):
 
 
 def _column_array(ds, column: str, dim: int) -> np.ndarray:
+    """A vector column as a float32 matrix, read as one Arrow array (row order kept)."""
     if len(ds) == 0:
         return np.zeros((0, dim), dtype=np.float32)
-    return np.ascontiguousarray(
-        np.asarray(ds.with_format("numpy")[column], dtype=np.float32).reshape(len(ds), -1)
-    )
+    values = ds.with_format("arrow", columns=[column])[:].column(column)
+    return np.ascontiguousarray(vector_matrix(values).reshape(len(ds), -1))
 
 
 def _vector_features(ds, column: str, dim: int):
@@ -136,25 +142,36 @@ def _add_concat_column(ds, embed: EnsembleEmbeddingMap, chunk_size: int, desc: s
 
 
 def _add_embedding_column(ds, project: PcaMap, dim: int, chunk_size: int, name: str):
-    """Run the projection map on numpy batches of the concatenated column."""
+    """Add the ``embedding`` column: the projection map on Arrow batches, or, without PCA, the
+    concatenated column itself (its Arrow buffers shared, nothing copied)."""
     if not len(ds):
         return ds
     pca = project.projection
+    fingerprint = make_fingerprint(
+        base=ds._fingerprint,
+        pca=None if pca is None else hashlib.sha1(pca.components.tobytes()).hexdigest(),
+        step="pca",
+    )
+    features = _vector_features(ds, project.output_column, dim)
+    if pca is None:
+        column = ds.with_format("arrow", columns=[project.input_column])[:].column(project.input_column)
+        return ds.add_column(
+            project.output_column,
+            column.combine_chunks(),
+            new_fingerprint=fingerprint,
+            feature=features[project.output_column],
+        )
     return (
-        ds.with_format("numpy", columns=[project.input_column], output_all_columns=True)
+        ds.with_format("arrow")
         .map(
             project,
             batched=True,
             batch_size=chunk_size,
             keep_in_memory=True,
             load_from_cache_file=False,
-            features=_vector_features(ds, project.output_column, dim),
-            new_fingerprint=make_fingerprint(
-                base=ds._fingerprint,
-                pca=None if pca is None else hashlib.sha1(pca.components.tobytes()).hexdigest(),
-                step="pca",
-            ),
-            desc=f"Projecting {name}" if pca is not None else f"Copying {name}",
+            features=features,
+            new_fingerprint=fingerprint,
+            desc=f"Projecting {name}",
         )
         .with_format(None)
     )
@@ -187,8 +204,9 @@ def build_ensemble_embeddings(
 
     Each encoder's L2-normalised embedding of every document and query is concatenated (a
     batched `Dataset.map`, column ``ensemble_embedding``); a PCA fitted on corpus and queries
-    together keeps `pca_variance` of the variance (a second batched map, column ``embedding``).
-    Vectors are cached per encoder and per text, so re-runs only encode what is new.
+    together keeps `pca_variance` of the variance (a second batched map, column ``embedding``;
+    without PCA that column is the concatenation itself). Vectors are cached per encoder and per
+    text, so re-runs only encode what is new.
 
     Args:
         corpus: A `datasets.Dataset` with ``_id``, ``title``, ``text`` (a list of texts also works),

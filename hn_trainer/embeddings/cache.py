@@ -36,6 +36,7 @@ from hn_trainer.io import atomic_path, write_json
 logger = logging.getLogger(__name__)
 
 MAX_SHARDS = 64
+_KEY_BYTES = 20  # sha1 digest
 _STALE_TMP_SECONDS = 24 * 3600
 
 
@@ -115,7 +116,8 @@ class EmbeddingCache:
             ):
                 logger.warning("Skipping malformed cache shard %s", path)
                 continue
-            self._insert(list(keys), vectors)
+            # numpy's fixed-width bytes drop trailing NUL bytes; a digest may end in some
+            self._insert([bytes(k).ljust(_KEY_BYTES, b"\0") for k in keys.tolist()], vectors)
             self.shards_loaded += 1
         logger.debug(
             "Loaded %d cached vectors from %d shards in %s", len(self), self.shards_loaded, shard_dir
@@ -301,6 +303,7 @@ class CachedEncoder:
                 ),
                 [texts[i] for i in rows],
                 self.state,
+                block_size=batch_size,
             )
             bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
             if len(bad):

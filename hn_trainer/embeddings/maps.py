@@ -56,7 +56,7 @@ class EnsembleEmbeddingMap:
 
     def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, np.ndarray]:
         columns = list(batch)
-        texts = [self.text_fn({c: batch[c][i] for c in columns}) for i in range(len(indices))]
+        texts = [self.text_fn(dict(zip(columns, row))) for row in zip(*(batch[c] for c in columns))]
         ids = (
             [str(x) for x in batch[self.id_column]] if self.id_column in batch else [str(i) for i in indices]
         )
@@ -67,7 +67,7 @@ class EnsembleEmbeddingMap:
 
 
 class PcaMap:
-    """`Dataset.map` function (``batched=True``, numpy format) projecting one column into another.
+    """`Dataset.map` function (``batched=True``; Arrow, numpy or python batches) projecting a column.
 
     Args:
         projection: Fitted PCA, or ``None`` to copy the column unchanged (concatenation only).
@@ -86,6 +86,21 @@ class PcaMap:
         self.input_column = input_column
         self.output_column = output_column
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
-        x = np.asarray(batch[self.input_column], dtype=np.float32)
+    def __call__(self, batch: Any) -> dict[str, np.ndarray]:
+        x = vector_matrix(batch[self.input_column])
         return {self.output_column: self.projection.transform(x) if self.projection is not None else x}
+
+
+def vector_matrix(column: Any) -> np.ndarray:
+    """A column of equal-length vectors as a float32 matrix: numpy or lists, or an Arrow
+    (chunked) fixed-size-list array, read without a per-row conversion."""
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if isinstance(column, pa.Array):
+        if pa.types.is_fixed_size_list(column.type) and column.null_count == 0:
+            flat = column.flatten().to_numpy(zero_copy_only=False)
+            return np.asarray(flat, dtype=np.float32).reshape(len(column), column.type.list_size)
+        column = column.to_pylist()
+    return np.asarray(column, dtype=np.float32)

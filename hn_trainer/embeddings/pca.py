@@ -39,6 +39,22 @@ def validate_pca_variance(value: object) -> float | None:
     return None if value == 1.0 else value
 
 
+# Below this many matrix elements a PCA fit takes well under a second on one core, while BLAS
+# threads that spin-wait for busy cores can make it 10 to 50 times slower on a loaded machine.
+_SINGLE_THREAD_ELEMENTS = 1 << 23
+
+
+def _blas_threads_for(x: np.ndarray):
+    """One BLAS thread for small fits (a no-op context for large ones)."""
+    import contextlib
+
+    if x.size > _SINGLE_THREAD_ELEMENTS:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 @dataclass
 class PcaProjection:
     """A fitted PCA: ``(x - mean) @ components.T``.
@@ -74,7 +90,8 @@ class PcaProjection:
         # Tall data (many more texts than dims): eigendecomposition of the covariance is much faster.
         solver = "covariance_eigh" if x.shape[0] >= 10 * x.shape[1] else "full"
         pca = PCA(n_components=variance, svd_solver=solver)
-        pca.fit(x)
+        with _blas_threads_for(x):
+            pca.fit(x)
         proj = cls(
             mean=pca.mean_.astype(np.float32),
             components=np.ascontiguousarray(pca.components_, dtype=np.float32),
