@@ -6,9 +6,7 @@ Shared by ``hn-trainer train``, ``hn-trainer evaluate``, ``hn-trainer demo`` and
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,7 +15,7 @@ from typing import Literal
 
 from hn_trainer.config import DataArguments, MiningArguments, parse_args
 from hn_trainer.data import RetrievalData
-from hn_trainer.errors import ConfigError, HNTrainerError
+from hn_trainer.errors import HNTrainerError
 from hn_trainer.io import write_json
 
 logger = logging.getLogger(__name__)
