@@ -161,8 +161,9 @@ def _add_embedding_column(ds, project: PcaMap, dim: int, chunk_size: int, name: 
             new_fingerprint=fingerprint,
             feature=features[project.output_column],
         )
+    # numpy batches: the vector column arrives as one matrix, with no per-row conversion
     return (
-        ds.with_format("arrow")
+        ds.with_format("numpy", columns=[project.input_column], output_all_columns=True)
         .map(
             project,
             batched=True,
