@@ -7,6 +7,8 @@ import pytest
 import torch
 from transformers import TrainerCallback, set_seed
 
+from conftest import TINY_SENTENCES
+
 from hn_trainer.errors import HNTrainerError
 from hn_trainer.training import (
     HardNegativeCollator,
@@ -17,20 +19,7 @@ from hn_trainer.training import (
     resolve_model_path,
 )
 
-DOCS = [
-    "deploy a mysql database on cloud infrastructure",
-    "install mysql on premises servers in your data center",
-    "a virtual cloud network vcn is a private network in a region",
-    "a virtual network interface card vnic attaches an instance to a subnet",
-    "a web application firewall waf filters http traffic to web applications",
-    "a firewall controls network traffic between hosts with security rules",
-    "object storage buckets hold unstructured data",
-    "block volumes attach to compute instances as disks",
-    "the query asks how to scale a kubernetes cluster",
-    "load balancers distribute traffic across backend servers",
-    "protein folding and gene expression in cells",
-    "vaccines reduce the risk of infection in children",
-]
+DOCS = TINY_SENTENCES
 QUERIES = [
     "deploy mysql in the cloud",
     "what is a vcn",
