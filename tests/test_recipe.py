@@ -120,3 +120,19 @@ def test_scifact_slice_end_to_end(tmp_path, scifact_dir, session_cache):
     first = rows["first stage (dense, top 5)"]
     assert first["mrr@10"] > 0.3  # all-MiniLM-L6-v2 is a real retriever on SciFact
     assert set(rows["fine-tuned reranker"]) >= {"mrr@3", "mrr@10", "ndcg@10"}
+
+
+def test_demo_command_runs_on_the_packaged_corpus(tmp_path, tiny_bert_dir, tiny_encoder_dir, capsys):
+    """`hn-trainer demo` with its own defaults, shrunk to a few steps and tiny models."""
+    rc = main([
+        "demo", "--model_name_or_path", str(tiny_bert_dir), "--encoders", f"{tiny_encoder_dir},lsa:16",
+        "--first_stage_encoder", str(tiny_encoder_dir), "--output_dir", str(tmp_path / "demo"),
+        "--cache_dir", str(tmp_path / "cache"), "--max_steps", "2", "--max_eval_queries", "6",
+        "--max_train_queries", "16",
+    ])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "6 evaluation queries" in out and "fine-tuned reranker" in out
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert results["settings"]["data"]["data"] == "demo"
+    assert (tmp_path / "demo" / "final" / "README.md").exists()
