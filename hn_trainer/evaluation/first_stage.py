@@ -8,6 +8,7 @@ retrieve-then-rerank protocol. ``"dense"`` and ``"ensemble"`` both rank by cosin
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -105,8 +106,8 @@ def dense_topk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Blockwise cosine top-k: ``(scores [n_q, k'], corpus indices [n_q, k'])``, ``k' = min(k, n_docs)``."""
     device = torch.device(device or "cpu")
-    queries = torch.nn.functional.normalize(torch.as_tensor(query_embeddings, dtype=torch.float32), dim=-1)
-    corpus = torch.nn.functional.normalize(torch.as_tensor(corpus_embeddings, dtype=torch.float32), dim=-1)
+    queries = torch.nn.functional.normalize(_float_tensor(query_embeddings), dim=-1)
+    corpus = torch.nn.functional.normalize(_float_tensor(corpus_embeddings), dim=-1)
     if queries.shape[-1] != corpus.shape[-1]:
         raise DataError(
             f"query and corpus embeddings differ in width: {queries.shape[-1]} vs {corpus.shape[-1]}"
@@ -129,6 +130,18 @@ def dense_topk(
     if not all_scores:
         return torch.zeros((0, k)), torch.zeros((0, k), dtype=torch.long)
     return torch.cat(all_scores), torch.cat(all_indices)
+
+
+def _float_tensor(vectors: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``vectors`` as a float32 tensor, sharing memory where it can.
+
+    Embeddings read zero-copy from Arrow are read-only arrays; torch warns about wrapping those, but the
+    tensor is only read here (normalising makes a new one), so the warning is silenced rather than the
+    array copied.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(vectors, dtype=torch.float32)
 
 
 def _bm25_run(
