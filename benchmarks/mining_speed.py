@@ -79,8 +79,8 @@ class Case:
     device: str = "cpu"
     repeats: int = 1
     seed: int = 0
-    query_block_size: int = 1024
-    corpus_block_size: int = 16384
+    query_block_size: int | None = None  # None: the kernel's default for the device
+    corpus_block_size: int | None = None
     precision: str = "fp32"
     st_batch_size: int = 16384
     st_range_max: int = 32
@@ -162,12 +162,17 @@ def _sync(device: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def floor_topk(queries, corpus, k: int, query_block_size: int, corpus_block_size: int, dtype):
-    """Blocked ``queries @ corpus.T`` with a running top-(k+1) per query: the speed floor.
+def floor_topk(queries, corpus, k: int, query_block_size: int | None, corpus_block_size: int | None, dtype):
+    """Blocked ``queries @ corpus.T`` with a running ``torch.topk`` of k+1 per query: the speed floor.
 
-    Returns ``(scores, indices)`` of shape ``[n_q, k + 1]`` in no particular order.
+    Block sizes default to the kernel's for the device. Returns ``(scores, indices)`` of shape
+    ``[n_q, k + 1]`` in no particular order.
     """
     import torch
+
+    from hn_trainer.mining.kernel import _block_sizes
+
+    query_block_size, corpus_block_size = _block_sizes(queries.device, query_block_size, corpus_block_size)
 
     width = k + 1
     n_q, n_d = queries.shape[0], corpus.shape[0]
@@ -323,6 +328,10 @@ def run_single_case(case: Case) -> dict[str, Any]:
     elif case.method in ("ours", "check"):
         from hn_trainer.mining.kernel import dual_condition_mine
     kernel_hash = _kernel_hash() if case.method in ("ours", "check") else None
+    from hn_trainer.mining.kernel import _block_sizes
+
+    sizes = _block_sizes(torch.device(case.device), case.query_block_size, case.corpus_block_size)
+    case = dataclasses.replace(case, query_block_size=sizes[0], corpus_block_size=sizes[1])
     if case.threads:
         torch.set_num_threads(case.threads)
 
@@ -512,8 +521,8 @@ class Settings:
     methods: tuple[str, ...] = METHODS
     repeats: int | None = None
     small_cells: int = 200_000_000
-    query_block_size: int = 1024
-    corpus_block_size: int = 16384
+    query_block_size: int | None = None
+    corpus_block_size: int | None = None
     precision: str = "auto"
     st_batch_size: int = 16384
     st_range_max: int | None = None
@@ -990,8 +999,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None,
                         help="repeats per cell (default 3 up to --small-cells query x doc cells, else 1)")
     parser.add_argument("--small-cells", type=int, default=200_000_000)
-    parser.add_argument("--query-block-size", type=int, default=1024)
-    parser.add_argument("--corpus-block-size", type=int, default=16384)
+    parser.add_argument(
+        "--query-block-size", type=int, default=None, help="default: the kernel's (1024 on CPU, 4096 on CUDA)"
+    )
+    parser.add_argument(
+        "--corpus-block-size", type=int, default=None, help="default: the kernel's (16384 on CPU, 65536 on CUDA)"
+    )
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                         help="screening precision for ours and the floor (auto: fp16 on CUDA, fp32 on CPU)")
     parser.add_argument("--st-batch-size", type=int, default=16384,

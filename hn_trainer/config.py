@@ -80,8 +80,12 @@ class MiningArguments:
         default=None, metadata={"help": "Embedding cache (default: $HN_TRAINER_CACHE or ~/.cache/hn_trainer)."}
     )
     mining_device: str | None = field(default=None, metadata={"help": "Device of the kernel (default: cuda if any)."})
-    query_block_size: int = field(default=1024, metadata={"help": "Queries per kernel block."})
-    corpus_block_size: int = field(default=65536, metadata={"help": "Documents per kernel block."})
+    query_block_size: int | None = field(
+        default=None, metadata={"help": "Queries per kernel block (default: 1024 on CPU, 4096 on CUDA)."}
+    )
+    corpus_block_size: int | None = field(
+        default=None, metadata={"help": "Documents per kernel block (default: 16384 on CPU, 65536 on CUDA)."}
+    )
     mining_seed: int = field(default=42, metadata={"help": "Seed of random choices during mining."})
 
     def __post_init__(self) -> None:

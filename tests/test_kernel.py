@@ -343,3 +343,50 @@ def test_decision_distances_are_the_same_bits_in_numpy_and_torch(metric):
     in_torch = _decision_sums(metric, torch.from_numpy(left), torch.from_numpy(right))
     assert in_numpy.dtype == np.float64
     np.testing.assert_array_equal(in_numpy, in_torch.numpy())
+
+
+@pytest.fixture
+def grouped_topk_on_cpu(monkeypatch):
+    """Use the grouped top-k (normally CUDA only) on CPU, with groups small enough for tiny blocks."""
+    from hn_trainer.mining import kernel
+
+    monkeypatch.setattr(kernel, "_GROUPED_TOPK_DEVICES", ("cpu", "cuda"))
+    monkeypatch.setattr(kernel, "_TOPK_GROUP", 4)
+    return kernel
+
+
+@pytest.mark.parametrize("n", [64, 67, 130])
+def test_grouped_topk_returns_a_valid_top_k(grouped_topk_on_cpu, n):
+    rng = np.random.default_rng(n)
+    # few distinct values: many ties, including at the k-th value; some rows mostly -inf
+    scores = torch.from_numpy(rng.integers(0, 6, (50, n)).astype(np.float32))
+    scores[:10, : n - 3] = -math.inf
+    for width in (1, 3, 4):
+        values, columns = grouped_topk_on_cpu._block_topk(scores, width)
+        expected = scores.topk(width, dim=1).values
+        assert torch.equal(values.sort(dim=1, descending=True).values, expected)
+        assert torch.equal(scores.gather(1, columns), values)  # the columns hold those values
+        assert all(len(set(row)) == width for row in columns.tolist())  # no column twice
+
+
+def test_grouped_topk_mining_matches_brute_force(grouped_topk_on_cpu):
+    queries, corpus, pairs, positives = make_problem(
+        14, n_q=40, n_d=600, dim=8, levels=(-1.0, 0.0, 1.0), duplicates=60
+    )
+    for metric in ("cosine", "euclidean"):
+        for conditions in ("both", "query"):
+            result = dual_condition_mine(
+                queries, corpus, pairs, positives, k=3, metric=metric, conditions=conditions,
+                corpus_block_size=301,  # two groups-of-4 blocks, the second with a partial group
+            )
+            expected = brute_force(queries, corpus, pairs, positives, 3, metric, conditions)
+            np.testing.assert_array_equal(result.indices.numpy(), expected[0])
+
+
+def test_block_sizes_default_by_device():
+    from hn_trainer.mining.kernel import _block_sizes
+
+    assert _block_sizes(torch.device("cpu"), None, None) == (1024, 16384)
+    assert _block_sizes(torch.device("cuda"), None, 100) == (4096, 100)
+    with pytest.raises(ConfigError):
+        dual_condition_mine(np.ones((1, 2)), np.ones((3, 2)), [[0, 0]], [[0]], query_block_size=0)

@@ -70,8 +70,14 @@ METRICS = ("cosine", "euclidean")
 CONDITIONS = ("both", "query")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
-DEFAULT_QUERY_BLOCK_SIZE = 1024
-DEFAULT_CORPUS_BLOCK_SIZE = 16384
+# ``None`` block sizes pick these by device: (queries, documents) per block. The CUDA score block
+# (4096 x 65536 float32, 1 GiB) is large enough that kernel launches cost little beside the work.
+DEFAULT_QUERY_BLOCK_SIZE = None
+DEFAULT_CORPUS_BLOCK_SIZE = None
+_BLOCK_SIZES = {"cpu": (1024, 16384), "cuda": (4096, 65536)}
+# Grouped top-k (see ``_block_topk``): columns per group, and the devices that use it.
+_TOPK_GROUP = 128
+_GROUPED_TOPK_DEVICES = ("cuda",)
 WINDOW_GROWTH = 4
 _SAFETY = 2.0
 # Elements of float64 scratch per chunk of the exact re-check (2 MiB: stays in cache).
@@ -496,13 +502,49 @@ def _screen_block(space: _Space, query_block: torch.Tensor, start: int, stop: in
     return scores
 
 
+def _block_topk(scores: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``width`` values of each row of ``scores`` (and their columns), in no particular order.
+
+    On the devices of ``_GROUPED_TOPK_DEVICES`` wide blocks take two steps: the maximum of each
+    group of ``_TOPK_GROUP`` columns (one pass over the block, bandwidth-bound), the ``width``
+    best groups, then an exact top-``width`` among their columns (and the columns of a partial last
+    group). A group holding one of the ``width`` best values has a maximum at least that large,
+    so the best groups hold a valid top-``width`` (ties included); a radix top-k over the whole
+    block costs several passes.
+    """
+    n = scores.shape[1]
+    group = _TOPK_GROUP
+    if scores.device.type not in _GROUPED_TOPK_DEVICES or n < 4 * width * group:
+        return scores.topk(min(width, n), dim=1, sorted=False)
+    m, full = scores.shape[0], n // group * group
+    grouped = scores[:, :full].reshape(m, full // group, group)  # a view when n == full
+    best_groups = grouped.amax(dim=2).topk(width, dim=1, sorted=False).indices
+    columns = (best_groups.unsqueeze(2) * group + torch.arange(group, device=scores.device)).reshape(m, -1)
+    if full < n:
+        tail = torch.arange(full, n, device=scores.device).expand(m, n - full)
+        columns = torch.cat([columns, tail], dim=1)
+    top_scores, pos = scores.gather(1, columns).topk(width, dim=1, sorted=False)
+    return top_scores, columns.gather(1, pos)
+
+
+def _block_sizes(
+    device: torch.device, query_block_size: int | None, corpus_block_size: int | None
+) -> tuple[int, int]:
+    """Block sizes to use on ``device``: the given ones, or the device's defaults for ``None``."""
+    default_q, default_c = _BLOCK_SIZES["cuda" if device.type == "cuda" else "cpu"]
+    return (
+        default_q if query_block_size is None else query_block_size,
+        default_c if corpus_block_size is None else corpus_block_size,
+    )
+
+
 def _stream_window(
     space: _Space,
     rows: torch.Tensor,
     window: int,
     excluded: _Exclusions,
-    query_block_size: int,
-    corpus_block_size: int,
+    query_block_size: int | None,
+    corpus_block_size: int | None,
     show_progress_bar: bool,
     desc: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -521,6 +563,7 @@ def _stream_window(
         return all_scores, all_indices
     rows_cpu = rows.cpu().numpy()
     on_cpu = device.type == "cpu"
+    query_block_size, corpus_block_size = _block_sizes(device, query_block_size, corpus_block_size)
     n_blocks = math.ceil(m / query_block_size)
     for q0 in tqdm(range(0, m, query_block_size), total=n_blocks, desc=desc, disable=not show_progress_bar):
         q1 = min(q0 + query_block_size, m)
@@ -541,7 +584,7 @@ def _stream_window(
                 hit = (ex_cols >= c0) & (ex_cols < c1)
                 penalty = torch.where(hit, -math.inf, 0.0)
                 scores.index_put_((ex_rows, (ex_cols - c0).clamp_(0, c1 - c0 - 1)), penalty, accumulate=True)
-            top_scores, top_pos = scores.topk(min(window, c1 - c0), dim=1, sorted=False)
+            top_scores, top_pos = _block_topk(scores, window)
             top_pos += c0
             if best_scores is None:
                 best_scores, best_indices = top_scores, top_pos
@@ -564,8 +607,8 @@ def streamed_topk(
     metric: Metric = "cosine",
     *,
     exclude: Sequence[Sequence[int]] | None = None,
-    query_block_size: int = DEFAULT_QUERY_BLOCK_SIZE,
-    corpus_block_size: int = DEFAULT_CORPUS_BLOCK_SIZE,
+    query_block_size: int | None = DEFAULT_QUERY_BLOCK_SIZE,
+    corpus_block_size: int | None = DEFAULT_CORPUS_BLOCK_SIZE,
     precision: Precision = "auto",
     device: str | torch.device | None = None,
     show_progress_bar: bool = False,
@@ -582,8 +625,8 @@ def streamed_topk(
         k: number of documents per query.
         metric: ``"cosine"`` or ``"euclidean"``.
         exclude: optional corpus rows to skip, one list per query row.
-        query_block_size: queries per block.
-        corpus_block_size: corpus rows per block.
+        query_block_size: queries per block (default: 1024 on CPU, 4096 on CUDA).
+        corpus_block_size: corpus rows per block (default: 16384 on CPU, 65536 on CUDA).
         precision: screening matmul precision (see ``dual_condition_mine``).
         device: torch device; by default the inputs' device, else CUDA when available.
         show_progress_bar: show a tqdm bar over query blocks.
@@ -622,10 +665,10 @@ def default_window(k: int) -> int:
     return max(2 * k + 8, 16)
 
 
-def _check_sizes(k: int, query_block_size: int, corpus_block_size: int) -> None:
+def _check_sizes(k: int, query_block_size: int | None, corpus_block_size: int | None) -> None:
     if not isinstance(k, int) or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
-    if query_block_size < 1 or corpus_block_size < 1:
+    if any(size is not None and size < 1 for size in (query_block_size, corpus_block_size)):
         raise ConfigError("query_block_size and corpus_block_size must be positive")
 
 
@@ -677,8 +720,8 @@ def mine_negatives(
     metric: Metric = "cosine",
     *,
     rule: CandidateRule = CandidateRule(),
-    query_block_size: int = DEFAULT_QUERY_BLOCK_SIZE,
-    corpus_block_size: int = DEFAULT_CORPUS_BLOCK_SIZE,
+    query_block_size: int | None = DEFAULT_QUERY_BLOCK_SIZE,
+    corpus_block_size: int | None = DEFAULT_CORPUS_BLOCK_SIZE,
     initial_window: int | None = None,
     precision: Precision = "auto",
     device: str | torch.device | None = None,
@@ -852,8 +895,8 @@ def dual_condition_mine(
     metric: Metric = "cosine",
     *,
     conditions: Conditions = "both",
-    query_block_size: int = DEFAULT_QUERY_BLOCK_SIZE,
-    corpus_block_size: int = DEFAULT_CORPUS_BLOCK_SIZE,
+    query_block_size: int | None = DEFAULT_QUERY_BLOCK_SIZE,
+    corpus_block_size: int | None = DEFAULT_CORPUS_BLOCK_SIZE,
     initial_window: int | None = None,
     precision: Precision = "auto",
     device: str | torch.device | None = None,
@@ -875,8 +918,9 @@ def dual_condition_mine(
         metric: ``"cosine"`` (``1 - cos``, on L2-normalised vectors) or ``"euclidean"``.
         conditions: ``"both"`` or ``"query"``.
         query_block_size: queries per block; with ``corpus_block_size`` it bounds the scratch
-            memory (a ``query_block_size x corpus_block_size`` float32 score block).
-        corpus_block_size: corpus rows per block.
+            memory (a ``query_block_size x corpus_block_size`` float32 score block). Default:
+            1024 on CPU, 4096 on CUDA.
+        corpus_block_size: corpus rows per block (default: 16384 on CPU, 65536 on CUDA).
         initial_window: candidates kept per query in the first pass (default ``default_window(k)``);
             pairs that need more are re-streamed with a window four times larger.
         precision: screening matmul: ``"fp32"``, ``"fp16"``, ``"bf16"``, or ``"auto"`` (fp16 on
