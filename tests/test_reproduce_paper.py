@@ -68,6 +68,30 @@ def test_fusion_weight_is_chosen_on_validation_and_ties_go_to_the_reranker(bench
 
 
 @pytest.mark.slow
+def test_claims_follow_the_paired_tests(bench):
+    def test(difference, p):
+        return {"mean_difference": difference, "p_value": p, "p_holm": p, "n": 300,
+                "verdict": bench.verdict(difference, p)}
+
+    methods = {n: test(0.05, 0.001) for n in bench.TABLES["methods"] if n not in ("ours", "base_warm")}
+    methods["bm25"] = test(-0.02, 0.4)  # BM25 as good as ours: the first claim is not shown
+    ablations = {"single_best": test(-0.03, 0.01), "concat": test(0.0, 0.9), "pca80": test(0.04, 0.01)}
+    agg = {
+        "paired_tests": {"alone": {"methods": methods, "ablations": ablations}},
+        "length": {"tests": {"alone": {"short": test(0.02, 0.3), "long": test(0.06, 0.01)}}},
+    }
+    by_claim = {c["claim"].split(" ")[0] + str(i): c for i, c in enumerate(bench.claims(agg))}
+    status = [c["alone"]["status"] for c in by_claim.values()]
+    assert status[0] == "not shown (no significant difference)"
+    assert status[1] == "not held (the opposite is significant)"  # single best encoder wins
+    assert status[2] == "held"  # concatenation no better: PCA 95% lost nothing
+    assert status[3] == "held; rows not run: pca70"
+    assert status[4] == "not run"
+    assert status[5] == "not held"  # long documents gained more
+    assert all(c["fused"]["status"] == "not run" for c in by_claim.values())
+    assert "BM25" in by_claim["Dual-condition0"]["alone"]["evidence"]
+
+
 def test_tiny_end_to_end_run_writes_tables_and_resumes(
     bench, tiny_beir, tiny_bert_dir, tiny_encoder_dir, tmp_path, monkeypatch
 ):
