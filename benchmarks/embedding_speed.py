@@ -28,12 +28,10 @@ Example:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import logging
 import math
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -47,6 +45,9 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks._machine import load_average
+from benchmarks._machine import machine_info as base_machine_info
 
 logger = logging.getLogger(__name__)
 
@@ -88,54 +89,15 @@ def uptime() -> str:
         return f"load average: {load}"
 
 
-def load_average() -> list[float] | None:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict[str, Any]:
-    """CPU model and cores, GPU, library versions, git commit, date and the load right now."""
-    import torch
-
+    """The machine (see ``benchmarks._machine``), library versions and the uptime at start."""
     versions = {}
     for name in VERSIONED:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    info: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-        "cuda_available": torch.cuda.is_available(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "uptime_at_start": uptime(),
-    }
-    try:
-        info["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-    except OSError:
-        pass
-    return info
+    return {**base_machine_info(), "versions": versions, "uptime_at_start": uptime()}
 
 
 def machine_line(info: dict[str, Any]) -> str:

@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -51,6 +50,9 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks._machine import load_average
+from benchmarks._machine import machine_info as base_machine_info
 
 logger = logging.getLogger(__name__)
 
@@ -620,45 +622,23 @@ def run_in_subprocess(case: Case, timeout: float | None, log_dir: Path) -> dict[
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, core count, library versions, kernel file fingerprint and date."""
+    """The machine (see ``benchmarks._machine``), library versions, kernel file fingerprint, load."""
     import numpy
     import sentence_transformers
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
+    info = {
+        **base_machine_info(),
+        "load_average": load_average(),
         "torch": torch.__version__,
         "sentence_transformers": sentence_transformers.__version__,
         "numpy": numpy.__version__,
-        "cuda_available": torch.cuda.is_available(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
     if KERNEL_PATH.exists():
         info["kernel_sha256"] = _kernel_hash()
         info["kernel_mtime"] = dt.datetime.fromtimestamp(
             KERNEL_PATH.stat().st_mtime, dt.timezone.utc
         ).isoformat(timespec="seconds")
-    try:
-        info["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        pass
     return info
 
 

@@ -62,7 +62,6 @@ from benchmarks.embedding_speed import (  # noqa: E402 - after the path set-up
     machine_line,
     uptime,
 )
-
 from hn_trainer.mining.distributed import mine_sharded, pair_slice
 
 logger = logging.getLogger(__name__)

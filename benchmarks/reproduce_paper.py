@@ -84,10 +84,8 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import random
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -101,6 +99,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks._machine import git_commit, git_dirty
+from benchmarks._machine import machine_info as base_machine_info
 from hn_trainer.errors import ConfigError, HNTrainerError
 from hn_trainer.io import atomic_path, write_json
 
@@ -1459,46 +1459,8 @@ def claims(agg: dict) -> list[dict]:
 
 
 def machine_info(device: str) -> dict:
-    import torch
-
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        info["git_commit"] = head.stdout.strip() or None
-        info["git_dirty"] = bool(dirty.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
+    """The machine (see ``benchmarks._machine``), the device used and whether the checkout was modified."""
+    return {**base_machine_info(), "device": device, "git_commit": git_commit(short=False), "git_dirty": git_dirty()}
 
 
 def library_versions() -> dict:

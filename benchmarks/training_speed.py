@@ -47,18 +47,15 @@ from __future__ import annotations
 import argparse
 import cProfile
 import dataclasses
-import datetime as dt
 import gc
 import hashlib
 import io
 import logging
 import math
 import os
-import platform
 import pstats
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,6 +68,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks._machine import git_dirty, load_average
+from benchmarks._machine import machine_info as base_machine_info
 
 logger = logging.getLogger(__name__)
 
@@ -338,7 +338,6 @@ def build_st_trainer(settings: Settings, data: BenchmarkData, model_path: str, o
 def build_ours_trainer(settings: Settings, data: BenchmarkData, model_path: str, output_dir: str):
     """HardNegativeTrainer (BCE, one hardest negative from a one-document pool) on the same rows."""
     import numpy as np
-
     from torch.utils.data import SequentialSampler
 
     from hn_trainer.training import (
@@ -532,7 +531,7 @@ def _training_hash() -> str:
 
 
 def machine_info(settings: Settings) -> dict[str, Any]:
-    """CPU, cores, library versions, device and date."""
+    """The machine (see ``benchmarks._machine``), library versions, device and training package state."""
     import accelerate
     import datasets
     import sentence_transformers
@@ -540,23 +539,9 @@ def machine_info(settings: Settings) -> dict[str, Any]:
     import torch
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
+    return {
+        **base_machine_info(),
+        "load_average_at_start": load_average(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "sentence_transformers": sentence_transformers.__version__,
@@ -567,22 +552,9 @@ def machine_info(settings: Settings) -> dict[str, Any]:
         "precision": settings.precision,
         "gpu": torch.cuda.get_device_name() if settings.device.startswith("cuda") else None,
         "training_package_sha256": _training_hash(),
+        "training_package_modified": git_dirty("hn_trainer/training"),
         "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
     }
-    try:
-        info["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "hn_trainer/training"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        info["training_package_modified"] = bool(dirty)
-    except OSError:
-        pass
-    return info
 
 
 def summarise(runs: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str, Any]:
