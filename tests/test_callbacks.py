@@ -105,10 +105,13 @@ def test_remine_orders_each_pool_by_model_score(reranker):
 
 
 def test_remine_state_round_trips_through_a_checkpoint(tmp_path, tiny_bert_dir):
-    args = make_args(tmp_path, remine_steps=2, save_strategy="steps", save_steps=2, num_negatives=2)
+    args = make_args(
+        tmp_path, max_steps=3, remine_steps=2, save_strategy="steps", save_steps=2, num_negatives=2
+    )
     trainer = HardNegativeTrainer(str(tiny_bert_dir), args, train_dataset=make_dataset())
-    assert any(isinstance(cb, RemineCallback) for cb in trainer.callback_handler.callbacks)
+    remine = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, RemineCallback))
     trainer.train()
+    assert [h["step"] for h in remine.history] == [2.0]  # not again after the last step
     trained = trainer.train_dataset.pools
     assert not np.array_equal(trained, make_dataset().pools)
     checkpoint = tmp_path / "out" / "checkpoint-2"

@@ -127,7 +127,9 @@ class RemineCallback(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         step = state.global_step
-        if step % self.remine_steps == 0 and step != self.last_step:
+        # nothing trains on pools re-scored after the last step
+        last = state.max_steps > 0 and step >= state.max_steps
+        if step % self.remine_steps == 0 and step != self.last_step and not last:
             model, tokenizer = kwargs.get("model"), kwargs.get("processing_class")
             if model is None or tokenizer is None:
                 raise HNTrainerError(
