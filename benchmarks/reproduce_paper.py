@@ -760,9 +760,8 @@ class Benchmark:
         self.seconds["first_stage"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        for spec in s.encoder_list:
-            single = self.space([spec], None)
-            vectors = np.stack([single.embeddings.queries[q] for q in self.val_ids])
+        def validation_retrieval(embeddings, kind: str) -> dict:
+            """Dense retrieval of the validation queries over the whole corpus in one space."""
             run = first_stage_candidates(
                 "dense",
                 self.val_ids,
@@ -770,32 +769,15 @@ class Benchmark:
                 self.doc_ids,
                 None,
                 k=s.k,
-                query_embeddings=vectors,
-                corpus_embeddings=single.embeddings.corpus,
+                query_embeddings=np.stack([embeddings.queries[q] for q in self.val_ids]),
+                corpus_embeddings=embeddings.corpus,
                 show_progress_bar=False,
             )
-            self.encoder_report[spec] = {
-                "kind": encoder_kind(spec),
-                "dim": single.embeddings.result.dim_pca,
-                **retrieval_metrics(run, self.val_qrels),
-            }
-        vectors = np.stack([ours.embeddings.queries[q] for q in self.val_ids])
-        run = first_stage_candidates(
-            "dense",
-            self.val_ids,
-            None,
-            self.doc_ids,
-            None,
-            k=s.k,
-            query_embeddings=vectors,
-            corpus_embeddings=ours.embeddings.corpus,
-            show_progress_bar=False,
-        )
-        self.encoder_report["ensemble (PCA 95%)"] = {
-            "kind": "ensemble",
-            "dim": ours.embeddings.result.dim_pca,
-            **retrieval_metrics(run, self.val_qrels),
-        }
+            return {"kind": kind, "dim": embeddings.result.dim_pca, **retrieval_metrics(run, self.val_qrels)}
+
+        for spec in s.encoder_list:
+            self.encoder_report[spec] = validation_retrieval(self.space([spec], None).embeddings, encoder_kind(spec))
+        self.encoder_report["ensemble (PCA 95%)"] = validation_retrieval(ours.embeddings, "ensemble")
         ranked = sorted(s.encoder_list, key=lambda e: -self.encoder_report[e][KEY_METRIC])
         self.best_single = ranked[0]
         st_ranked = [e for e in ranked if self.encoder_report[e]["kind"] == "st"]
