@@ -169,3 +169,21 @@ def test_tiny_end_to_end_run_writes_tables_and_resumes(
     again = bench.main(argv)
     ours = report["aggregate"]["rows"]["ours"]["metrics"]["fused"]["mrr@10"]["mean"]
     assert again["aggregate"]["rows"]["ours"]["metrics"]["fused"]["mrr@10"]["mean"] == ours
+    assert "## The paper's claims" in markdown and len(saved["claims"]) == 6
+
+    # a second seed: the first seed's rows are reused, only the new seed is computed
+    monkeypatch.undo()
+    computed = []
+    run_row = bench.Benchmark.run_row
+
+    def recording(self, row, seed, key):
+        computed.append((row.name, seed))
+        return run_row(self, row, seed, key)
+
+    monkeypatch.setattr(bench.Benchmark, "run_row", recording)
+    at = argv.index("--rows")
+    two = bench.main([*argv[:at], "--rows", "random,ours", *argv[at + 2 :], "--seeds", "2"])
+    assert sorted(computed) == [("ours", 43), ("random", 43)]
+    fused = two["aggregate"]["rows"]["ours"]["metrics"]["fused"]["mrr@10"]
+    assert fused["n"] == 2 and two["seeds"] == [42, 43]
+    assert "2 seeds" in (out / "results.md").read_text()
