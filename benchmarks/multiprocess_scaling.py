@@ -62,6 +62,7 @@ from benchmarks.embedding_speed import (  # noqa: E402 - after the path set-up
     machine_line,
     uptime,
 )
+from benchmarks.mining_speed import make_inputs  # noqa: E402
 from hn_trainer.mining.distributed import mine_sharded, pair_slice
 
 logger = logging.getLogger(__name__)
@@ -72,19 +73,6 @@ TASKS = ("encode", "mine")
 # ----------------------------------------------------------------------------------------------
 # Worker (one per process, started by a launcher)
 # ----------------------------------------------------------------------------------------------
-
-
-def make_inputs(n_q: int, n_d: int, dim: int, seed: int):
-    """Seeded unit-norm query and corpus matrices (float32, CPU) and one random positive per query."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    queries = torch.randn(n_q, dim, generator=generator)
-    queries.div_(queries.norm(dim=1, keepdim=True))
-    corpus = torch.randn(n_d, dim, generator=generator)
-    corpus.div_(corpus.norm(dim=1, keepdim=True))
-    positives = torch.randint(n_d, (n_q,), generator=generator)
-    return queries, corpus, positives
 
 
 def _encode_job(args: argparse.Namespace, state):

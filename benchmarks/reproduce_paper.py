@@ -54,15 +54,17 @@ wall times, settings, machine, library versions, and each of the paper's claims 
 tests), ``results.md`` (the claims, the tables), ``mrr10_by_method.png`` and ``mrr10_vs_pca.png``. A
 hand-written ``findings.md`` in that folder (why a claim held or not) is copied into ``results.md``.
 
-Budget of the default run (one seed, 2-core CPU; rates from the offline notes, 128 tokens per pair):
-embeddings about 6 min on an empty cache (MiniLM, paraphrase-MiniLM-L3 and LSA: all-mpnet-base-v2
-would add about an hour on such a CPU, so the CPU default leaves it out), the warm start 150 steps (~4 min),
-16 fine-tuned rows of 80 steps (~1.5 s per step of 16 pairs; in-batch 4x: ~37 min), two re-scorings of
-the ADORE-like pools (~3.5 min), 18 evaluations of 8,000 pairs (300 test + 100 validation queries x 20
-candidates, ~63 pairs/s: ~38 min): about 110 min. The 128-token pairs (title and the start of each abstract;
-SciFact documents have a median of 314 tokens) are what that budget allows; on a GPU use ``--max_length 256``
-or more, more steps and ``--seeds 3``. ``--quick`` is a smoke test of about 10 minutes (MiniLM, ONNX and LSA
-encoders, 10 rows, 20 steps, 60 test queries).
+Budget of the default run (one seed, 2-core CPU, 128 tokens per pair), measured on SciFact
+(``benchmarks/results/paper``): 92 min for the 19 rows on a warm embedding cache, of which the warm
+start took 4 min, a fine-tuned row 4-5 min (training ~100 s; in-batch and the ADORE-like re-scoring
+about 5 min more) and each evaluation of 8,000 pairs (300 test + 100 validation queries x 20 candidates)
+150-190 s. An empty cache adds the encoding of SciFact's 6,292 texts: at the 6.1 texts/s this ensemble
+(MiniLM, paraphrase-MiniLM-L3, LSA) ran at in ``benchmarks/results/embedding_speed.md`` (a loaded 2-core
+CPU), about 17 min. all-mpnet-base-v2 took 10 min for the 832 longest abstracts alone (1.4 per second;
+texts are encoded longest first), so the CPU default leaves it out. The 128-token pairs (title and the
+start of each abstract; SciFact documents have a median of 314 tokens) are what that budget allows; on a
+GPU use ``--max_length 256`` or more, more steps and ``--seeds 3``. ``--quick`` is a smoke test (the
+default ensemble, 10 rows, 20 steps, 60 test queries).
 
 Example:
     HF_HUB_OFFLINE=1 python benchmarks/reproduce_paper.py                # the default run (SciFact)
@@ -109,10 +111,9 @@ logger = logging.getLogger(__name__)
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 PARAPHRASE_L3 = "sentence-transformers/paraphrase-MiniLM-L3-v2"
 MPNET = "sentence-transformers/all-mpnet-base-v2"
-# all-mpnet-base-v2 encodes about 1.4 SciFact abstracts per second on a 2-core CPU (an hour for the
-# corpus), so the default ensemble leaves it out; GPU runs add it with --encoders (see the module docstring).
+# all-mpnet-base-v2 is too slow for the 2-hour CPU budget (see the module docstring): GPU runs add it with
+# --encoders.
 DEFAULT_ENCODERS = (MINILM, PARAPHRASE_L3, "lsa")
-QUICK_ENCODERS = DEFAULT_ENCODERS
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "scifact"
 METRICS = ("mrr@3", "mrr@10", "ndcg@10", "recall@10")
 KEY_METRIC = "mrr@10"
@@ -126,7 +127,6 @@ FINDINGS_FILE = "findings.md"
 # only for the time estimate printed before a run.
 CPU_SCORE_TOKENS_PER_S = 8000.0
 CPU_TRAIN_SECONDS_PER_ROW_TOKEN = 1.5 / (16 * 128)
-CPU_ENCODE_TEXTS_PER_S = {MINILM: 27.0, PARAPHRASE_L3: 62.0, MPNET: 1.4}
 
 
 # ----- rows ---------------------------------------------------------------------------------------------------
@@ -345,7 +345,6 @@ class Settings:
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "quick": {
-        "encoders": ",".join(QUICK_ENCODERS),
         "rows": "quick",
         "train_steps": 20,
         "warm_start_steps": 30,
@@ -379,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--encoders",
         help=f"comma-separated encoder specs of the ensemble (default {defaults.encoders}; add {MPNET} "
-        "where encoding time allows: about an hour of a 2-core CPU for SciFact)",
+        "where encoding time allows: 1.4 SciFact abstracts per second on a 2-core CPU)",
     )
     add("--base_model", help=f"base reranker (default {defaults.base_model})")
     add("--first_stage", choices=("dense", "bm25", "ensemble"), help="first-stage retriever (default dense)")

@@ -40,7 +40,7 @@ def test_rows_resolve_groups_in_table_order(bench):
 def test_quick_preset_and_explicit_flags(bench):
     quick, _ = bench.parse_settings(["--quick", "--train_steps", "5"])
     assert quick.train_steps == 5  # the flag wins over the preset
-    assert quick.max_test_queries == 60 and quick.encoder_list == list(bench.QUICK_ENCODERS)
+    assert quick.max_test_queries == 60 and quick.encoder_list == list(bench.DEFAULT_ENCODERS)
     assert quick.output_dir.endswith("paper/quick")
     full, _ = bench.parse_settings([])
     assert full.encoder_list == list(bench.DEFAULT_ENCODERS) and full.max_test_queries is None
