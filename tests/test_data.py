@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-
 import pytest
+from conftest import write_beir
 
 from hn_trainer.data import load_beir, split_queries
 from hn_trainer.errors import DataError
@@ -46,6 +46,107 @@ def test_bad_input_names_file_line_and_id(tiny_beir, file, line, pattern):
     _append(tiny_beir / file, line)
     with pytest.raises(DataError, match=pattern):
         load_beir(tiny_beir)
+
+
+@pytest.fixture
+def graded_beir(tmp_path):
+    """Three queries with graded judgements: 2, 1, 0.5 and 0 (judged, not relevant)."""
+    corpus = [(f"d{i}", "", f"document number {i}") for i in range(6)]
+    queries = [("q0", "first"), ("q1", "second"), ("q2", "third")]
+    qrels = {
+        "train": [("q0", "d0", 2), ("q0", "d1", 0.5), ("q0", "d2", 0), ("q1", "d3", "1.0")],
+        "test": [("q2", "d4", 1), ("q2", "d5", 0.0), ("q0", "d5", 0)],
+    }
+    return write_beir(tmp_path / "graded", corpus, queries, qrels)
+
+
+def test_graded_scores_are_kept_not_truncated(graded_beir):
+    data = load_beir(graded_beir)
+    relevant = data.relevant("train")
+    assert relevant == {"q0": {"d0": 2, "d1": 0.5}, "q1": {"d3": 1}}
+    assert type(relevant["q0"]["d0"]) is int and type(relevant["q1"]["d3"]) is int
+    assert data.pairs("train") == [("q0", "d0"), ("q0", "d1"), ("q1", "d3")]
+    assert data.relevant("test") == {"q2": {"d4": 1}}
+    # the seeded split carries the grades over
+    split = split_queries(data, 1, seed=0)
+    pooled = {**split.relevant("train"), **split.relevant("test")}
+    assert pooled["q0"] == {"d0": 2, "d1": 0.5}
+
+
+def test_integer_scores_stay_an_integer_column(tiny_beir):
+    data = load_beir(tiny_beir)
+    assert data.qrels["train"].features["score"].dtype == "int64"
+
+
+def test_judged_lists_every_judged_document_whatever_its_score(graded_beir):
+    data = load_beir(graded_beir)
+    assert data.judged("train") == {"q0": {"d0", "d1", "d2"}, "q1": {"d3"}}
+    assert data.judged("test") == {"q2": {"d4", "d5"}, "q0": {"d5"}}
+    assert data.judged() == {"q0": {"d0", "d1", "d2", "d5"}, "q1": {"d3"}, "q2": {"d4", "d5"}}
+    with pytest.raises(DataError, match="no qrels for split 'dev'"):
+        data.judged("dev")
+
+
+@pytest.mark.parametrize(
+    "score, message",
+    [
+        ("abc", "score 'abc' is not a number"),
+        ("", "score '' is not a number"),
+        ("nan", "score 'nan' is not a number"),
+        ("1_0", "score '1_0' is not a number"),
+        ("1e999", "score '1e999' is not a finite number"),
+    ],
+)
+def test_bad_score_names_file_and_line(tiny_beir, score, message):
+    _append(tiny_beir / "qrels/train.tsv", f"q0\td1\t{score}")
+    with pytest.raises(DataError, match=rf"train.tsv:6: id 'q0': {message}"):
+        load_beir(tiny_beir)
+
+
+def test_qrels_fields_are_split_on_tabs_only(tiny_beir):
+    """A stray quote is part of an id: it neither swallows the lines after it nor shifts line numbers."""
+    _append(tiny_beir / "qrels/train.tsv", 'q0\t"d1\t1')
+    _append(tiny_beir / "qrels/train.tsv", "q1\td3\t1")
+    with pytest.raises(DataError, match=r"train.tsv:6: id '\"d1': unknown document id"):
+        load_beir(tiny_beir)
+
+
+@pytest.mark.parametrize(
+    "file, line_no",
+    [("corpus.jsonl", 13), ("queries.jsonl", 7), ("qrels/test.tsv", 5)],
+)
+def test_non_utf8_bytes_name_file_line_and_column(tiny_beir, file, line_no):
+    line = '{"_id": "x\xff", "text": "t"}' if file.endswith("jsonl") else "q\xe9\td0\t1"
+    with open(tiny_beir / file, "ab") as f:
+        f.write(line.encode("latin-1") + b"\n")
+    column = 11 if file.endswith("jsonl") else 2
+    byte = "0xff" if file.endswith("jsonl") else "0xe9"
+    pattern = rf"{file.split('/')[-1]}:{line_no}: not valid UTF-8 \(byte {byte} at column {column}\); save the file as UTF-8"
+    with pytest.raises(DataError, match=pattern):
+        load_beir(tiny_beir)
+
+
+def test_non_utf8_column_counts_characters_before_the_bad_byte(tiny_beir):
+    with open(tiny_beir / "queries.jsonl", "ab") as f:
+        f.write('{"_id": "é", "text": "'.encode() + b"\x80\"}\n")
+    with pytest.raises(DataError, match=r"queries.jsonl:7: not valid UTF-8 \(byte 0x80 at column 23\)"):
+        load_beir(tiny_beir)
+
+
+@pytest.mark.parametrize("file", ["corpus.jsonl", "queries.jsonl", "qrels/train.tsv", "qrels/test.tsv"])
+def test_byte_order_mark_is_accepted(tiny_beir, file):
+    expected = load_beir(tiny_beir)
+    path = tiny_beir / file
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    data = load_beir(tiny_beir)
+    assert data.corpus["_id"] == expected.corpus["_id"] and data.queries["_id"] == expected.queries["_id"]
+    assert data.pairs("train") == expected.pairs("train") and data.pairs("test") == expected.pairs("test")
+
+
+def test_header_after_blank_lines_is_still_a_header(tiny_beir):
+    path = tiny_beir / "qrels/train.tsv"
+    path.write_text("\n" + path.read_text())
+    assert load_beir(tiny_beir).pairs("train")[0] == ("q0", "d0")
 
 
 def test_missing_folder():
@@ -110,3 +211,13 @@ def test_hub_layout_is_converted_and_checked(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", bad_qrels)
     with pytest.raises(DataError, match=r"BeIR/tiny-qrels/test:1: id 'd9': unknown document id"):
         load_beir("BeIR/tiny")
+
+    def graded_qrels(repo, config=None, split=None):
+        if repo == "BeIR/tiny-qrels":
+            return datasets.DatasetDict({"test": datasets.Dataset.from_dict(
+                {"query-id": ["q1", "q1"], "corpus-id": ["d1", "d2"], "score": [0.5, 0.0]})})
+        return tables[repo, config]
+
+    monkeypatch.setattr(datasets, "load_dataset", graded_qrels)
+    data = load_beir("BeIR/tiny")
+    assert data.relevant("test") == {"q1": {"d1": 0.5}} and data.judged() == {"q1": {"d1", "d2"}}

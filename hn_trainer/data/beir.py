@@ -8,10 +8,13 @@ On the Hub the same data lives in two repositories, for example ``BeIR/scifact``
 
 from __future__ import annotations
 
-import csv
+import codecs
 import json
 import logging
+import math
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,19 +70,38 @@ class RetrievalData:
             raise DataError(f"no qrels for split {split!r} (available: {available})", file=self.name)
         return self.qrels[split]
 
-    def relevant(self, split: str) -> dict[str, dict[str, int]]:
-        """``{query_id: {doc_id: score}}`` for the judgements with a positive score."""
-        out: dict[str, dict[str, int]] = {}
+    def relevant(self, split: str) -> dict[str, dict[str, int | float]]:
+        """``{query_id: {doc_id: score}}`` for the judgements with a positive score.
+
+        Scores are ints where integral (graded judgements such as ``0.5`` stay floats).
+        """
+        out: dict[str, dict[str, int | float]] = {}
         qrels = self._split(split)
         for q, d, s in zip(qrels["query-id"], qrels["corpus-id"], qrels["score"]):
             if s > 0:
-                out.setdefault(q, {})[d] = int(s)
+                out.setdefault(q, {})[d] = score_value(s)
         return out
 
     def pairs(self, split: str) -> list[tuple[str, str]]:
         """(query id, positive document id) pairs of a split, in file order."""
         qrels = self._split(split)
         return [(q, d) for q, d, s in zip(qrels["query-id"], qrels["corpus-id"], qrels["score"]) if s > 0]
+
+    def judged(self, split: str | None = None) -> dict[str, set[str]]:
+        """``{query_id: doc_ids}``: every document judged for each query, whatever its score.
+
+        Relevant or not (score 0, fractional, negative), a judged document is no unknown:
+        mining excludes all of them from a query's negatives.
+
+        Args:
+            split: One split, or ``None`` for the judgements of all splits together.
+        """
+        out: dict[str, set[str]] = {}
+        for name in self.splits if split is None else [split]:
+            qrels = self._split(name)
+            for q, d in zip(qrels["query-id"], qrels["corpus-id"]):
+                out.setdefault(q, set()).add(d)
+        return out
 
     def with_qrels(self, qrels: dict[str, datasets.Dataset]) -> RetrievalData:
         return RetrievalData(self.corpus, self.queries, qrels, self.name)
@@ -91,68 +113,135 @@ def document_text(title: str | None, text: str) -> str:
     return f"{title} {text}" if title else text
 
 
+def score_value(score: int | float) -> int | float:
+    """A stored score as callers see it: an int where integral, else the float."""
+    return int(score) if float(score).is_integer() else float(score)
+
+
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def parse_score(text: str) -> int | float:
+    """Parse a qrels score: an integer, or a decimal (kept as a float unless integral).
+
+    Raises:
+        ValueError: `text` is not a finite number (the message quotes it).
+    """
+    text = text.strip()
+    if not _NUMBER.fullmatch(text):
+        raise ValueError(f"score {text!r} is not a number")
+    if text.lstrip("+-").isdigit():
+        return int(text)
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"score {text!r} is not a finite number")
+    return score_value(value)
+
+
+def _coerce_score(value) -> int | float:
+    """A score from a `datasets` column (int, float or text) as `parse_score` would read it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"score {value!r} is not a number")
+    if isinstance(value, str):
+        return parse_score(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"score {value!r} is not a finite number")
+    return score_value(value)
+
+
+def score_column(scores: list[int | float]) -> list[int] | list[float]:
+    """One type for the column: ints, or floats as soon as one score is fractional."""
+    if all(isinstance(s, int) for s in scores):
+        return scores
+    return [float(s) for s in scores]
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a UTF-8 file; a byte-order mark at the start is dropped.
+
+    Raises:
+        DataError: A line is not valid UTF-8 (names the line, the byte and its column).
+    """
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                yield line_no, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                column = len(raw[: e.start].decode("utf-8")) + 1
+                raise DataError(
+                    f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {column}); save the file as UTF-8",
+                    file=path,
+                    line=line_no,
+                ) from None
+
+
 def _read_jsonl(path: Path, columns: tuple[str, ...]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {c: [] for c in columns}
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON: {e.msg} (column {e.colno})", file=path, line=line_no) from None
-            if not isinstance(row, dict):
-                raise DataError("expected a JSON object", file=path, line=line_no)
-            _id = row.get("_id")
-            if _id is None or str(_id).strip() == "":
-                raise DataError("missing '_id'", file=path, line=line_no)
-            _id = str(_id)
-            if _id in seen:
-                raise DataError(f"duplicate id (first seen on line {seen[_id]})", file=path, line=line_no, id=_id)
-            seen[_id] = line_no
-            text = row.get("text")
-            if not isinstance(text, str) or not (text.strip() or str(row.get("title") or "").strip()):
-                raise DataError("empty text", file=path, line=line_no, id=_id)
-            out["_id"].append(_id)
-            for c in columns[1:]:
-                value = row.get(c)
-                out[c].append("" if value is None else str(value))
+    for line_no, line in _read_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"malformed JSON: {e.msg} (column {e.colno})", file=path, line=line_no) from None
+        if not isinstance(row, dict):
+            raise DataError("expected a JSON object", file=path, line=line_no)
+        _id = row.get("_id")
+        if _id is None or str(_id).strip() == "":
+            raise DataError("missing '_id'", file=path, line=line_no)
+        _id = str(_id)
+        if _id in seen:
+            raise DataError(f"duplicate id (first seen on line {seen[_id]})", file=path, line=line_no, id=_id)
+        seen[_id] = line_no
+        text = row.get("text")
+        if not isinstance(text, str) or not (text.strip() or str(row.get("title") or "").strip()):
+            raise DataError("empty text", file=path, line=line_no, id=_id)
+        out["_id"].append(_id)
+        for c in columns[1:]:
+            value = row.get(c)
+            out[c].append("" if value is None else str(value))
     if not out["_id"]:
         raise DataError("no rows", file=path)
     return out
 
 
 def _read_qrels(path: Path, query_ids: set[str], doc_ids: set[str]) -> dict[str, list]:
+    """Read one qrels TSV (fields are split on tabs as they are: no quoting)."""
     out: dict[str, list] = {"query-id": [], "corpus-id": [], "score": []}
     seen: dict[tuple[str, str], int] = {}
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
-        for line_no, row in enumerate(reader, start=1):
-            if not row or not "".join(row).strip():
-                continue
-            if line_no == 1 and row[0].strip().lower() in {"query-id", "query_id", "qid"}:
-                continue
-            if len(row) < 3:
-                raise DataError(f"expected 3 tab-separated columns, got {len(row)}", file=path, line=line_no)
-            q, d, s = row[0].strip(), row[1].strip(), row[2].strip()
-            try:
-                score = int(float(s))
-            except ValueError:
-                raise DataError(f"score {s!r} is not a number", file=path, line=line_no, id=q) from None
-            if q not in query_ids:
-                raise DataError("unknown query id (not in queries.jsonl)", file=path, line=line_no, id=q)
-            if d not in doc_ids:
-                raise DataError("unknown document id (not in corpus.jsonl)", file=path, line=line_no, id=d)
-            if (q, d) in seen:
-                raise DataError(
-                    f"duplicate judgement for document {d!r} (first on line {seen[q, d]})",
-                    file=path, line=line_no, id=q,
-                )
-            seen[q, d] = line_no
-            out["query-id"].append(q)
-            out["corpus-id"].append(d)
-            out["score"].append(score)
+    first = True
+    for line_no, line in _read_lines(path):
+        row = line.rstrip("\r\n").split("\t")
+        if not "".join(row).strip():
+            continue
+        if first and row[0].strip().lower() in {"query-id", "query_id", "qid"}:
+            first = False
+            continue
+        first = False
+        if len(row) < 3:
+            raise DataError(f"expected 3 tab-separated columns, got {len(row)}", file=path, line=line_no)
+        q, d, s = row[0].strip(), row[1].strip(), row[2].strip()
+        try:
+            score = parse_score(s)
+        except ValueError as e:
+            raise DataError(str(e), file=path, line=line_no, id=q) from None
+        if q not in query_ids:
+            raise DataError("unknown query id (not in queries.jsonl)", file=path, line=line_no, id=q)
+        if d not in doc_ids:
+            raise DataError("unknown document id (not in corpus.jsonl)", file=path, line=line_no, id=d)
+        if (q, d) in seen:
+            raise DataError(
+                f"duplicate judgement for document {d!r} (first on line {seen[q, d]})",
+                file=path, line=line_no, id=q,
+            )
+        seen[q, d] = line_no
+        out["query-id"].append(q)
+        out["corpus-id"].append(d)
+        out["score"].append(score)
+    out["score"] = score_column(out["score"])
     return out
 
 
@@ -193,12 +282,17 @@ def load_beir_hub(repo_id: str, *, qrels: str | None = None) -> RetrievalData:
     splits = {}
     for split, ds in qrels_dict.items():
         rows = {"query-id": [str(x) for x in ds["query-id"]], "corpus-id": [str(x) for x in ds["corpus-id"]],
-                "score": [int(x) for x in ds["score"]]}
-        for i, (q, d) in enumerate(zip(rows["query-id"], rows["corpus-id"]), start=1):
+                "score": []}
+        for i, (q, d, s) in enumerate(zip(rows["query-id"], rows["corpus-id"], ds["score"]), start=1):
             if q not in query_ids:
                 raise DataError("unknown query id", file=f"{qrels_repo}/{split}", line=i, id=q)
             if d not in doc_ids:
                 raise DataError("unknown document id", file=f"{qrels_repo}/{split}", line=i, id=d)
+            try:
+                rows["score"].append(_coerce_score(s))
+            except ValueError as e:
+                raise DataError(str(e), file=f"{qrels_repo}/{split}", line=i, id=q) from None
+        rows["score"] = score_column(rows["score"])
         splits[split] = datasets.Dataset.from_dict(rows)
     return RetrievalData(corpus=corpus, queries=queries, qrels=splits, name=repo_id)
 

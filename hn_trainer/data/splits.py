@@ -6,7 +6,7 @@ import random
 
 import datasets
 
-from hn_trainer.data.beir import RetrievalData
+from hn_trainer.data.beir import RetrievalData, score_column, score_value
 from hn_trainer.errors import ConfigError
 
 
@@ -25,11 +25,11 @@ def split_queries(
     The draw is over queries, not judgements: all positives of a query land on the same side.
     """
     source_splits = source_splits or data.splits
-    rows: dict[str, list[tuple[str, str, int]]] = {}
+    rows: dict[str, list[tuple[str, str, int | float]]] = {}
     for split in source_splits:
         qrels = data._split(split)
         for q, d, s in zip(qrels["query-id"], qrels["corpus-id"], qrels["score"]):
-            rows.setdefault(q, []).append((q, d, int(s)))
+            rows.setdefault(q, []).append((q, d, score_value(s)))
     queries = sorted(rows)
     if not 0 < num_train < len(queries):
         raise ConfigError(f"num_train must be between 1 and {len(queries) - 1} (the pool has {len(queries)} queries)")
@@ -39,6 +39,10 @@ def split_queries(
     for name, ids in parts.items():
         flat = [r for q in ids for r in rows[q]]
         qrels[name] = datasets.Dataset.from_dict(
-            {"query-id": [r[0] for r in flat], "corpus-id": [r[1] for r in flat], "score": [r[2] for r in flat]}
+            {
+                "query-id": [r[0] for r in flat],
+                "corpus-id": [r[1] for r in flat],
+                "score": score_column([r[2] for r in flat]),
+            }
         )
     return data.with_qrels(qrels)
