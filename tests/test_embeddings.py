@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 from collections import Counter
@@ -14,6 +15,7 @@ from conftest import TINY_SENTENCES
 
 from hn_trainer.embeddings import (
     KNOWN_MODELS,
+    CachedEncoder,
     EmbeddingCache,
     Encoder,
     EnsembleEncoder,
@@ -620,6 +622,92 @@ def test_digests_ending_in_zero_bytes_are_found_after_reload(tmp_path):
     reloaded = EmbeddingCache(tmp_path / "enc")
     assert reloaded.contains(keys).all()
     np.testing.assert_array_equal(reloaded.get(keys), vectors)
+
+
+
+def _plant_shard(shard_dir: Path, name: str, keys, vectors) -> None:
+    with open(shard_dir / name, "wb") as f:
+        np.savez(f, keys=np.asarray(keys, dtype="S20"), vectors=np.asarray(vectors, dtype=np.float32))
+
+
+@pytest.mark.parametrize("with_meta", [True, False])
+def test_shard_of_another_width_does_not_hide_the_good_ones(tmp_path, caplog, with_meta):
+    folder = tmp_path / "enc"
+    rng = np.random.default_rng(0)
+    keys = [text_key(f"text {i}") for i in range(6)]
+    vectors = rng.standard_normal((6, 4)).astype(np.float32)
+    cache = EmbeddingCache(folder, meta={"spec": "x"} if with_meta else None)
+    for i in range(0, 6, 2):
+        cache.add(keys[i : i + 2], vectors[i : i + 2])
+    assert (folder / "encoder.json").exists() == with_meta
+    shard_dir = folder / "shards"
+    # sorts before every hex-named shard; one vector only, so the majority is still width 4
+    _plant_shard(shard_dir, "0" * 19 + ".npz", [text_key("text 0")], np.ones((1, 5)))
+    # an unreadable one too
+    (shard_dir / "00000.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with caplog.at_level("WARNING", logger=cache_module.__name__):
+        reloaded = EmbeddingCache(folder)
+    assert reloaded.dim == 4 and len(reloaded) == 6 and reloaded.shards_loaded == 3
+    np.testing.assert_array_equal(reloaded.get(keys), vectors)
+    assert f"{'0' * 19}.npz: its vectors are 5 wide, the cache's are 4" in caplog.text
+    assert "00000.npz" in caplog.text
+    # later writes still work and are found again
+    more = [text_key("text 6")]
+    reloaded.add(more, np.full((1, 4), 0.5, dtype=np.float32))
+    again = EmbeddingCache(folder)
+    assert len(again) == 7 and again.dim == 4
+    np.testing.assert_array_equal(again.get(more), np.full((1, 4), 0.5, dtype=np.float32))
+
+
+def test_encoder_json_decides_the_width_over_a_majority(tmp_path, caplog):
+    folder = tmp_path / "enc"
+    keys = [text_key(f"text {i}") for i in range(2)]
+    EmbeddingCache(folder, meta={"spec": "x"}).add(keys, np.ones((2, 3), dtype=np.float32))
+    _plant_shard(folder / "shards", "0.npz", [text_key(f"other {i}") for i in range(5)], np.ones((5, 8)))
+    reloaded = EmbeddingCache(folder)
+    assert reloaded.dim == 3 and len(reloaded) == 2 and "0.npz" in caplog.text
+
+
+def test_encoder_overrules_a_wrong_majority_and_rewrites_the_metadata(tmp_path, caplog):
+    enc = load_encoder("lsa:4", fit_texts=TINY_SENTENCES)
+    expected = CachedEncoder(enc, EmbeddingCache(None)).encode(TINY_SENTENCES, show_progress=False)
+    first = CachedEncoder.create(enc, tmp_path)
+    first.encode(TINY_SENTENCES[:6], show_progress=False)
+    folder = first.cache.folder
+    (folder / "encoder.json").unlink()  # nothing records the width any more
+    # a bigger shard of another width, holding texts 0-2 and 6-7, and more
+    wrong = [text_key(t) for t in TINY_SENTENCES[:3] + TINY_SENTENCES[6:8]]
+    wrong += [text_key(f"junk {i}") for i in range(10)]
+    _plant_shard(folder / "shards", "0.npz", wrong, np.ones((len(wrong), 7)))
+    again = CachedEncoder.create(enc, tmp_path)
+    assert again.cache.dim == 7  # the majority, until the encoder shows otherwise
+    vectors = again.encode(TINY_SENTENCES, show_progress=False)
+    assert vectors.shape == (len(TINY_SENTENCES), 4) and again.cache.dim == 4
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+    # texts 0-2 come from the good shards; 3-5 were encoded before the width was set right
+    assert again.texts_encoded == len(TINY_SENTENCES) - 3 and again.texts_cached == 3
+    assert "the encoder gives 4" in caplog.text
+    assert json.loads((folder / "encoder.json").read_text())["dim"] == 4
+    third = CachedEncoder.create(enc, tmp_path)
+    assert third.cache.dim == 4
+    np.testing.assert_array_equal(third.encode(TINY_SENTENCES, show_progress=False), vectors)
+    assert third.texts_encoded == 0
+
+
+def test_cache_sweeps_what_a_killed_shard_writer_left(tmp_path):
+    folder = tmp_path / "enc"
+    keys = [text_key("a")]
+    EmbeddingCache(folder).add(keys, np.ones((1, 2), dtype=np.float32))
+    shard_dir = folder / "shards"
+    stale = shard_dir / ".abcdef.npz.p999999999-00000000.ab12cd34.tmp"  # another machine's, fresh
+    stale.mkdir()
+    from hn_trainer import io as io_module
+
+    dead = shard_dir / f".abcdef.npz.p999999999-{io_module._HOST}.ab12cd34.tmp"  # no such process
+    dead.mkdir()
+    (dead / "abcdef.npz").write_bytes(b"PK\x03\x04 partial")
+    assert len(EmbeddingCache(folder)) == 1
+    assert not dead.exists() and stale.exists()
 
 
 # ----------------------------------------------------------------------------- several processes

@@ -10,18 +10,22 @@ Layout::
 A shard is written with `hn_trainer.io.atomic_path`: it appears complete under its final
 name or not at all, so an interrupted run leaves nothing a later run would trust (only hidden
 ``.*.tmp`` leftovers after a hard kill, which are ignored and swept later). A shard that fails
-to load or has the wrong shape is skipped with a warning. Re-running with the same texts
+to load or is malformed is skipped with a warning. The cache's width is decided by all the
+shards together (the ``dim`` in ``encoder.json``, else the width most vectors have), so one
+shard of another width is skipped without hiding the others. Re-running with the same texts
 encodes nothing; new texts are encoded and added as a new shard.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
 import shutil
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,7 +35,7 @@ from hn_trainer.embeddings.base import Encoder
 from hn_trainer.embeddings.distributed import encode_sharded
 from hn_trainer.embeddings.packaged import cache_root
 from hn_trainer.errors import EncoderError
-from hn_trainer.io import atomic_path, write_json
+from hn_trainer.io import atomic_path, sweep_stale_temporaries, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +75,13 @@ class EmbeddingCache:
     def __init__(self, folder: str | os.PathLike | None, *, meta: dict | None = None) -> None:
         self.folder = Path(folder) if folder is not None else None
         self.meta = meta or {}
+        self._dim: int | None = None
         self._index: dict[bytes, tuple[int, int]] = {}
         self._blocks: list[np.ndarray] = []
+        self._block_keys: list[list[bytes]] = []
+        # shards of another width than the cache's, kept aside in case the encoder proves them right
+        self._shelved: dict[int, list[tuple[list[bytes], np.ndarray]]] = {}
+        self._meta_dim_wrong = False
         self.shards_loaded = 0
         if self.folder is not None:
             self._load()
@@ -83,7 +92,7 @@ class EmbeddingCache:
 
     @property
     def dim(self) -> int | None:
-        return self._blocks[0].shape[1] if self._blocks else None
+        return self._dim
 
     def __len__(self) -> int:
         return len(self._index)
@@ -96,36 +105,109 @@ class EmbeddingCache:
         if shard_dir is None or not shard_dir.is_dir():
             return
         self._sweep_stale(shard_dir)
+        shards = []
         for path in sorted(shard_dir.glob("*.npz")):
-            try:
-                with np.load(path, allow_pickle=False) as data:
-                    keys, vectors = data["keys"], data["vectors"]
-            except FileNotFoundError:
+            shard = self._read_shard(path)
+            if shard is not None:
+                shards.append((path, *shard))
+        width, reason = self._choose_width([vectors for _, _, vectors in shards])
+        for path, keys, vectors in shards:
+            if vectors.shape[1] != width:
+                logger.warning(
+                    "Skipping cache shard %s: its vectors are %d wide, the cache's are %d (%s)",
+                    path, vectors.shape[1], width, reason,
+                )
+                self._shelved.setdefault(vectors.shape[1], []).append((keys, vectors))
                 continue
-            except Exception as exc:  # noqa: BLE001 - a damaged shard is skipped, never trusted
-                logger.warning("Skipping unreadable cache shard %s: %s", path, exc)
-                continue
-            if (
-                keys.ndim != 1
-                or keys.dtype != np.dtype("S20")
-                or vectors.ndim != 2
-                or vectors.dtype != np.float32
-                or len(keys) != len(vectors)
-                or (self.dim is not None and vectors.shape[1] != self.dim)
-                or not np.isfinite(vectors).all()
-            ):
-                logger.warning("Skipping malformed cache shard %s", path)
-                continue
-            # numpy's fixed-width bytes drop trailing NUL bytes; a digest may end in some
-            self._insert([bytes(k).ljust(_KEY_BYTES, b"\0") for k in keys.tolist()], vectors)
+            self._insert(keys, vectors)
             self.shards_loaded += 1
+        self._dim = width
         logger.debug(
             "Loaded %d cached vectors from %d shards in %s", len(self), self.shards_loaded, shard_dir
         )
 
     @staticmethod
+    def _read_shard(path: Path) -> tuple[list[bytes], np.ndarray] | None:
+        """Keys and vectors of one shard file, or ``None`` (with a warning) when it cannot be used."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                keys, vectors = data["keys"], data["vectors"]
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001 - a damaged shard is skipped, never trusted
+            logger.warning("Skipping unreadable cache shard %s: %s", path, exc)
+            return None
+        if (
+            keys.ndim != 1
+            or keys.dtype != np.dtype("S20")
+            or vectors.ndim != 2
+            or vectors.dtype != np.float32
+            or len(keys) != len(vectors)
+            or vectors.shape[1] == 0
+            or not np.isfinite(vectors).all()
+        ):
+            logger.warning("Skipping malformed cache shard %s", path)
+            return None
+        # numpy's fixed-width bytes drop trailing NUL bytes; a digest may end in some
+        return [bytes(k).ljust(_KEY_BYTES, b"\0") for k in keys.tolist()], vectors
+
+    def _choose_width(self, blocks: list[np.ndarray]) -> tuple[int | None, str]:
+        """The width the cache trusts, and why: ``encoder.json``'s, else the one most vectors have.
+
+        A wrong choice is undone by `use_width` as soon as the encoder produces vectors.
+        """
+        rows: Counter = Counter()
+        for vectors in blocks:
+            rows[vectors.shape[1]] += len(vectors)
+        if not rows:
+            return None, "no shards"
+        recorded = self._recorded_dim()
+        if recorded is not None:
+            return recorded, "as recorded in encoder.json"
+        width = max(rows, key=lambda w: (rows[w], -w))
+        return width, f"the width of {rows[width]} of {sum(rows.values())} cached vectors"
+
+    def _recorded_dim(self) -> int | None:
+        """The ``dim`` that ``encoder.json`` records, when it is readable."""
+        if self.folder is None:
+            return None
+        try:
+            with open(self.folder / "encoder.json", encoding="utf-8") as f:
+                dim = json.load(f).get("dim")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return dim if isinstance(dim, int) and not isinstance(dim, bool) and dim > 0 else None
+
+    def use_width(self, width: int) -> None:
+        """Serve vectors `width` wide from now on (the encoder's width, when it disagrees).
+
+        The vectors in use are set aside and those of `width` skipped at load take their place;
+        ``encoder.json`` is rewritten with the next shard.
+        """
+        if self._dim is None or self._dim == width:
+            return
+        logger.warning(
+            "Cache %s held vectors %d wide but the encoder gives %d: using the shards %d wide",
+            self.folder, self._dim, width, width,
+        )
+        self._shelved.setdefault(self._dim, []).extend(zip(self._block_keys, self._blocks))
+        groups = self._shelved.pop(width, [])
+        self._index, self._blocks, self._block_keys, self._dim = {}, [], [], None
+        self.shards_loaded = 0
+        for keys, vectors in groups:
+            self._insert(keys, vectors)
+            self.shards_loaded += 1
+        self._dim = width
+        self._meta_dim_wrong = True
+
+    @staticmethod
     def _sweep_stale(shard_dir: Path) -> None:
-        """Remove temporaries that a hard-killed writer left behind (older than a day)."""
+        """Remove temporaries that hard-killed writers left behind.
+
+        Those of `atomic_path` go as soon as their writer is gone; any other hidden ``.*.tmp``
+        in the shard folder once it is a day old.
+        """
+        sweep_stale_temporaries(shard_dir)
         now = time.time()
         for tmp in shard_dir.glob(".*.tmp"):
             try:
@@ -135,8 +217,11 @@ class EmbeddingCache:
                 pass
 
     def _insert(self, keys: Sequence[bytes], vectors: np.ndarray) -> None:
+        if self._dim is None:
+            self._dim = int(vectors.shape[1])
         block = len(self._blocks)
         self._blocks.append(vectors)
+        self._block_keys.append(list(keys))
         for row, key in enumerate(keys):
             self._index.setdefault(bytes(key), (block, row))
 
@@ -182,8 +267,9 @@ class EmbeddingCache:
                 with open(tmp, "wb") as f:
                     np.savez(f, keys=key_array, vectors=vectors)
         meta_path = self.folder / "encoder.json"
-        if self.meta and not meta_path.exists():
+        if self.meta and (self._meta_dim_wrong or not meta_path.exists()):
             write_json(meta_path, {**self.meta, "dim": int(vectors.shape[1])})
+            self._meta_dim_wrong = False
         return path
 
     def compact(self, max_shards: int = MAX_SHARDS) -> bool:
@@ -290,34 +376,58 @@ class CachedEncoder:
         start = time.perf_counter()
         texts = list(texts)
         keys = [text_key(t) for t in texts]
-        cached = self.cache.contains(keys)
-        missing: dict[bytes, int] = {}
-        for i in np.flatnonzero(~cached):
-            missing.setdefault(keys[i], int(i))
-        if missing:
-            rows = sorted(missing.values(), key=lambda i: -len(texts[i]))
-            is_main = self.state is None or self.state.is_main_process
-            vectors = encode_sharded(
-                lambda batch: self.encoder.encode(
-                    batch, batch_size=batch_size, show_progress=show_progress and is_main
-                ),
-                [texts[i] for i in rows],
-                self.state,
-                block_size=batch_size,
+        is_main = self.state is None or self.state.is_main_process
+        encoded: set[bytes] = set()
+        for attempt in range(2):
+            rows = self._missing_rows(keys, texts)
+            if not rows:
+                break
+            vectors = self._encode_rows(
+                texts, rows, ids=ids, batch_size=batch_size, show_progress=show_progress and is_main
             )
-            bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
-            if len(bad):
-                first = rows[int(bad[0])]
-                text_id = ids[first] if ids is not None else str(first)
-                more = f" (and {len(bad) - 1} more texts)" if len(bad) > 1 else ""
-                preview = texts[first][:80]
-                raise EncoderError(
-                    f"encoder {self.name!r} produced NaN/infinite values for text id {text_id!r}{more}: "
-                    f"{preview!r}"
-                )
+            if attempt == 0 and self.cache.dim not in (None, vectors.shape[1]):
+                # the shards the cache trusted disagree with the encoder: the encoder is right,
+                # and the texts those shards served are encoded again on the next pass
+                self.cache.use_width(vectors.shape[1])
             self.cache.add([keys[i] for i in rows], vectors, persist=is_main)
-        self.texts_encoded += len(missing)
-        self.texts_cached += int(cached.sum())
+            encoded.update(keys[i] for i in rows)
+        self.texts_encoded += len(encoded)
+        self.texts_cached += sum(k not in encoded for k in keys)
         out = self.cache.get(keys) if texts else np.zeros((0, self.dim), dtype=np.float32)
         self.seconds += time.perf_counter() - start
         return out
+
+    def _missing_rows(self, keys: list[bytes], texts: list[str]) -> list[int]:
+        """First row of each key not cached, longest text first."""
+        missing: dict[bytes, int] = {}
+        for i in np.flatnonzero(~self.cache.contains(keys)):
+            missing.setdefault(keys[i], int(i))
+        return sorted(missing.values(), key=lambda i: -len(texts[i]))
+
+    def _encode_rows(
+        self,
+        texts: list[str],
+        rows: list[int],
+        *,
+        ids: Sequence[str] | None,
+        batch_size: int,
+        show_progress: bool,
+    ) -> np.ndarray:
+        """Encode ``texts[rows]`` (split across processes), refusing NaN or infinite values."""
+        vectors = encode_sharded(
+            lambda batch: self.encoder.encode(batch, batch_size=batch_size, show_progress=show_progress),
+            [texts[i] for i in rows],
+            self.state,
+            block_size=batch_size,
+        )
+        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        if len(bad):
+            first = rows[int(bad[0])]
+            text_id = ids[first] if ids is not None else str(first)
+            more = f" (and {len(bad) - 1} more texts)" if len(bad) > 1 else ""
+            preview = texts[first][:80]
+            raise EncoderError(
+                f"encoder {self.name!r} produced NaN/infinite values for text id {text_id!r}{more}: "
+                f"{preview!r}"
+            )
+        return vectors
