@@ -121,7 +121,8 @@ def test_non_utf8_bytes_name_file_line_and_column(tiny_beir, file, line_no):
         f.write(line.encode("latin-1") + b"\n")
     column = 11 if file.endswith("jsonl") else 2
     byte = "0xff" if file.endswith("jsonl") else "0xe9"
-    pattern = rf"{file.split('/')[-1]}:{line_no}: not valid UTF-8 \(byte {byte} at column {column}\); save the file as UTF-8"
+    name = file.split("/")[-1]
+    pattern = rf"{name}:{line_no}: not valid UTF-8 \(byte {byte} at column {column}\); save the file as UTF-8"
     with pytest.raises(DataError, match=pattern):
         load_beir(tiny_beir)
 
