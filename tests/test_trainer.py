@@ -15,7 +15,9 @@ from hn_trainer.training import (
     HardNegativeDataset,
     HardNegativeTrainer,
     HardNegativeTrainingArguments,
+    last_complete_checkpoint,
     load_reranker,
+    resolve_checkpoint,
     resolve_model_path,
 )
 
@@ -65,19 +67,24 @@ def make_args(tmp_path, **kwargs) -> HardNegativeTrainingArguments:
     return HardNegativeTrainingArguments(**defaults)
 
 
-class RecordingCollator(HardNegativeCollator):
-    """Records the negatives picked for every batch."""
+BATCHES: list = []
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.batches = []
+
+class RecordingCollator(HardNegativeCollator):
+    """Records the negatives picked for every batch (in `BATCHES`)."""
 
     def select(self, features):
         groups = super().select(features)
-        self.batches.append(
-            [(f["pair_index"], f.get("epoch"), g.negative_ids) for f, g in zip(features, groups)]
-        )
+        BATCHES.append([(int(f["pair_index"]), self.epoch, g.negative_ids) for f, g in zip(features, groups)])
         return groups
+
+
+class RecordingTrainer(HardNegativeTrainer):
+    data_collator_class = RecordingCollator
+
+    def get_data_collator(self, model, args, processing_class=None):
+        base = super().get_data_collator(model, args, processing_class)
+        return RecordingCollator(**{f: getattr(base, f) for f in base.__dataclass_fields__ if not f.startswith("_")})
 
 
 @pytest.mark.parametrize("loss", ["bce", "lce"])
@@ -86,18 +93,18 @@ def test_training_steps_and_cross_encoder_reload(tmp_path, tiny_bert_dir, loss):
 
     args = make_args(tmp_path, loss=loss, num_negatives=2, negative_strategy="sample")
     trainer = HardNegativeTrainer(str(tiny_bert_dir), args, train_dataset=make_dataset())
-    before = trainer.model.classifier.weight.detach().clone()
+    before = trainer.model.model.classifier.weight.detach().clone()
     result = trainer.train()
     assert result.global_step == 3
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert len(losses) == 3 and all(np.isfinite(losses))
-    assert not torch.equal(before, trainer.model.classifier.weight)
+    assert not torch.equal(before, trainer.model.model.classifier.weight)
 
     out = tmp_path / "final"
     trainer.save_model(str(out))
     pairs = [(q, DOCS[d]) for q in QUERIES[:2] for d in (0, 2, 5, 10)]
-    model = trainer.model.eval()
-    tok = trainer.processing_class
+    model = trainer.model.model.eval()
+    tok = trainer.model.tokenizer
     with torch.no_grad():
         features = tok(
             [p[0] for p in pairs],
@@ -130,20 +137,19 @@ def test_single_output_checks(tmp_path, tiny_bert_dir):
     with pytest.raises(HNTrainerError, match="not a single-output"):
         HardNegativeTrainer(str(three), make_args(tmp_path), train_dataset=make_dataset())
     model = AutoModelForSequenceClassification.from_pretrained(str(three))
+    from sentence_transformers import CrossEncoder
+
     with pytest.raises(HNTrainerError, match="num_labels=3"):
-        HardNegativeTrainer(
-            model, make_args(tmp_path), train_dataset=make_dataset(), processing_class=object()
-        )
+        HardNegativeTrainer(CrossEncoder(str(three), device="cpu"), make_args(tmp_path), train_dataset=make_dataset())
+    assert model.config.num_labels == 3
     with pytest.raises(HNTrainerError, match="cannot load"):
         load_reranker(str(tmp_path / "nowhere"))
     # a bare encoder gets a fresh one-logit head; a sentence-transformers CrossEncoder is accepted as is
-    model, tokenizer = load_reranker(str(tiny_bert_dir), max_length=24)
-    assert model.config.num_labels == 1 and tokenizer.model_max_length == 24
-    from sentence_transformers import CrossEncoder
-
+    model = load_reranker(str(tiny_bert_dir), max_length=24)
+    assert model.num_labels == 1 and model.max_seq_length == 24
     ce = CrossEncoder(str(tiny_bert_dir), num_labels=1, device="cpu")
     trainer = HardNegativeTrainer(ce, make_args(tmp_path), train_dataset=make_dataset())
-    assert trainer.model is ce.model and trainer.processing_class is ce.tokenizer
+    assert trainer.model is ce and trainer.processing_class is ce.tokenizer
 
 
 def test_resolve_model_path(tiny_bert_dir):
@@ -188,7 +194,7 @@ class StopAt(TrainerCallback):
 def test_resume_reproduces_negatives_and_weights(tmp_path, tiny_bert_dir):
     """5 pairs, 2 per batch: 3 steps per epoch. Stop after step 4 (mid-epoch 1), resume, run to step 7."""
 
-    def run(out, stop_at=None, resume=None):
+    def run(out, stop_at=None, resume=None, done=0):
         args = make_args(
             tmp_path,
             output_dir=str(out),
@@ -201,41 +207,44 @@ def test_resume_reproduces_negatives_and_weights(tmp_path, tiny_bert_dir):
             remine_steps=2,
             in_batch_negatives=True,
         )
-        set_seed(0)
-        model, tokenizer = load_reranker(str(tiny_bert_dir))
-        collator = RecordingCollator(
-            tokenizer,
-            num_negatives=2,
-            strategy="sample",
-            seed=args.seed,
-            loss="lce",
-            in_batch_negatives=True,
-            max_length=32,
-        )
+        BATCHES.clear()
         callbacks = [StopAt(stop_at)] if stop_at else []
-        trainer = HardNegativeTrainer(
-            model,
-            args,
-            train_dataset=make_dataset(),
-            processing_class=tokenizer,
-            data_collator=collator,
-            callbacks=callbacks,
-        )
+        trainer = RecordingTrainer(str(tiny_bert_dir), args, train_dataset=make_dataset(), callbacks=callbacks)
         trainer.train(resume_from_checkpoint=resume)
-        return trainer, collator.batches
+        # the loader builds one batch ahead: a stopped run built one it never trained on
+        return trainer, list(BATCHES[: trainer.state.global_step - done])
 
     full, full_batches = run(tmp_path / "full")
     assert len(full_batches) == 7
     assert [b[0][1] for b in full_batches] == [0, 0, 0, 1, 1, 1, 2]  # epochs of the steps
     _, first = run(tmp_path / "part", stop_at=4)
     assert first == full_batches[:4]
-    resumed, rest = run(tmp_path / "part", resume=str(tmp_path / "part" / "checkpoint-4"))
+    resumed, rest = run(tmp_path / "part", resume=str(tmp_path / "part" / "checkpoint-4"), done=4)
     assert rest == full_batches[4:]
-    assert np.array_equal(resumed.train_dataset.pools, full.train_dataset.pools)
+    assert np.array_equal(resumed.pool.pools, full.pool.pools)
     for a, b in zip(full.model.parameters(), resumed.model.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
     # the re-scored pools mattered: some pool differs from the mined order
-    assert not np.array_equal(full.train_dataset.pools, make_dataset().pools)
+    assert not np.array_equal(full.pool.pools, make_dataset().pools)
+
+
+def test_resume_flag_spellings_and_the_newest_complete_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    for step in (2, 4, 6):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+    for step in (2, 4):
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    # checkpoint-6 was being written when the run was killed: it has no trainer_state.json
+    assert last_complete_checkpoint(out) == str(out / "checkpoint-4")
+    for spelling in (True, "true", "True", "yes", "1"):
+        assert resolve_checkpoint(spelling, out) == str(out / "checkpoint-4")
+    for spelling in (None, False, "false", "False", "no", "0"):
+        assert resolve_checkpoint(spelling, out) is None
+    assert resolve_checkpoint(str(out / "checkpoint-2"), out) == str(out / "checkpoint-2")
+    with pytest.raises(HNTrainerError, match="not a checkpoint folder"):
+        resolve_checkpoint(str(out / "checkpoint-9"), out)
+    with pytest.raises(HNTrainerError, match="no complete checkpoint"):
+        resolve_checkpoint("true", tmp_path / "empty")
 
 
 def test_arguments_parse_as_flags_and_validate(tmp_path, tiny_bert_dir):
@@ -271,16 +280,17 @@ def test_arguments_parse_as_flags_and_validate(tmp_path, tiny_bert_dir):
     )
     assert args.remine_steps == 10 and args.in_batch_negatives and args.remove_unused_columns is False
     assert args.resolved_activation == "identity" and args.resolved_negative_seed == args.seed
-    with pytest.raises(ConfigError, match="pool_size"):
-        HardNegativeTrainingArguments(output_dir=str(tmp_path), pool_size=0)
-    # the collator's columns must reach it; a collator laid out for another loss is refused
-    forced = make_args(tmp_path, remove_unused_columns=True)
-    trainer = HardNegativeTrainer(str(tiny_bert_dir), forced, train_dataset=make_dataset())
+    with pytest.raises(ConfigError, match="--num_negatives must not be negative"):
+        HardNegativeTrainingArguments(output_dir=str(tmp_path), num_negatives=-1)
+    with pytest.raises(ConfigError, match="--loss"):
+        HardNegativeTrainingArguments(output_dir=str(tmp_path), loss="nope")
+    # a configuration that cannot produce a gradient is refused before training
+    with pytest.raises(ConfigError, match="no gradient"):
+        HardNegativeTrainingArguments(output_dir=str(tmp_path), loss="lce", num_negatives=0)
+    for bad in (0, -1):
+        with pytest.raises(ConfigError, match="--per_device_train_batch_size"):
+            HardNegativeTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=bad)
+    # the collator's pair_index column reaches it; its layout follows the loss
+    trainer = HardNegativeTrainer(str(tiny_bert_dir), make_args(tmp_path, loss="lce"), train_dataset=make_dataset())
     assert trainer.args.remove_unused_columns is False
-    with pytest.raises(ConfigError, match="loss='bce'"):
-        HardNegativeTrainer(
-            str(tiny_bert_dir),
-            make_args(tmp_path, loss="lce"),
-            train_dataset=make_dataset(),
-            data_collator=HardNegativeCollator(trainer.processing_class, loss="bce"),
-        )
+    assert isinstance(trainer.data_collator, HardNegativeCollator) and trainer.data_collator.layout == "tuple"

@@ -171,3 +171,22 @@ def known_model(target: str) -> PackagedModel | None:
     if "/" not in key:
         key = f"sentence-transformers/{key}"
     return KNOWN_MODELS.get(key)
+
+
+def resolve_model_path(name: str) -> str:
+    """A local folder for ``name`` when there is one, else ``name`` unchanged (a hub id).
+
+    An existing path is returned as is; a well-known hub id (``sentence-transformers/all-MiniLM-L6-v2``)
+    resolves to the folder of the installed package that carries it, so the same configuration runs offline.
+    Both the encoders of the ensemble and the base reranker load through here.
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path)
+    packaged = known_model(name)
+    if packaged is not None and packaged.kind == "st":
+        located = packaged.locate()
+        if located is not None:
+            logger.info("Using the packaged copy of %s at %s", name, located)
+            return str(located)
+    return name

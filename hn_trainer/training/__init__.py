@@ -1,60 +1,43 @@
-"""Reranker training: dataset, dynamic-negative collator, losses, trainer, callbacks, model card.
+"""Reranker training on sentence-transformers' cross-encoder stack, with mined hard negatives.
 
-The pieces follow the method's order: `HardNegativeDataset` (pairs and their mined pools) ->
-`HardNegativeCollator` (negatives picked per step, tokenised like `CrossEncoder`) -> `HardNegativeTrainer`
-(`transformers.Trainer` with BCE or LCE loss) with `RemineCallback` and `RerankingEvaluationCallback` ->
-`save_for_hub` (a folder `CrossEncoder` loads, with its model card).
+The pieces follow the method's order: `HardNegativeDataset` (pairs and their mined pools, shared) ->
+`HardNegativeCollator` (negatives picked per batch, laid out for the loss) -> `HardNegativeTrainer`
+(`CrossEncoderTrainer` with a loss chosen by name) with `RemineCallback` (re-scores the pools while training)
+-> a `CrossEncoder` whose card (`HardNegativeModelCardData`) records how its negatives were mined.
 """
 
 from __future__ import annotations
 
-from hn_trainer.training.callbacks import RemineCallback, RerankingEvaluationCallback
-from hn_trainer.training.data_collator import Group, HardNegativeCollator, collate_pair_indices
+from hn_trainer.training.callbacks import RemineCallback
+from hn_trainer.training.data_collator import Group, HardNegativeCollator
 from hn_trainer.training.dataset import HardNegativeDataset
-from hn_trainer.training.losses import (
-    IGNORE_LABEL,
-    BinaryCrossEntropyLoss,
-    LocalizedContrastiveLoss,
-    get_loss,
-)
-from hn_trainer.training.model_card import (
-    RerankerCardData,
-    files_to_push,
-    generate_model_card,
-    push_folder_to_hub,
-    save_for_hub,
-)
+from hn_trainer.training.losses import LOSSES, LocalizedContrastiveLoss, get_loss, loss_layout
+from hn_trainer.training.model_card import HardNegativeModelCardData
 from hn_trainer.training.trainer import (
     HardNegativeTrainer,
     check_single_output,
+    last_complete_checkpoint,
     load_reranker,
+    resolve_checkpoint,
     resolve_model_path,
-    save_reranker,
-    set_score_activation,
 )
 from hn_trainer.training.training_args import HardNegativeTrainingArguments
 
 __all__ = [
-    "IGNORE_LABEL",
-    "BinaryCrossEntropyLoss",
+    "LOSSES",
     "Group",
     "HardNegativeCollator",
     "HardNegativeDataset",
+    "HardNegativeModelCardData",
     "HardNegativeTrainer",
     "HardNegativeTrainingArguments",
     "LocalizedContrastiveLoss",
     "RemineCallback",
-    "RerankerCardData",
-    "RerankingEvaluationCallback",
     "check_single_output",
-    "collate_pair_indices",
-    "files_to_push",
-    "generate_model_card",
     "get_loss",
+    "last_complete_checkpoint",
     "load_reranker",
-    "push_folder_to_hub",
+    "loss_layout",
+    "resolve_checkpoint",
     "resolve_model_path",
-    "save_for_hub",
-    "save_reranker",
-    "set_score_activation",
 ]

@@ -1,15 +1,17 @@
-"""Training data for a reranker: one item per (query, positive) pair with its pool of mined hard negatives.
+"""The pool of hard negatives of each (query, positive) training pair, shared by the collator and re-mining.
 
 The pool of a pair is its ``M`` mined negatives, hardest first. Texts live once in shared lookups (queries,
 documents); a pair stores row numbers only, and its pool is one row of an ``[n_pairs, M]`` integer array
-(``-1`` pads a pool shorter than ``M``). `RemineCallback` reorders that array while training.
+(``-1`` pads a pool shorter than ``M``). `HardNegativeCollator` reads the pools when it builds a batch;
+`RemineCallback` reorders them while training. The trainer itself trains on `as_train_dataset`, a
+`datasets.Dataset` of ``(pair_index, query, positive)`` rows: the negatives come from here, per batch.
 
-Three ways in:
+Ways in (this module never mines: `hn_trainer.mining.pipeline.mine_pairs` does):
 
-- `HardNegativeDataset.from_embeddings`: run the dual-condition kernel (or any negative sampler) on
-  embeddings.
-- `HardNegativeDataset.from_disk` / `from_jsonl`: read what ``hn-trainer mine`` wrote (``triples/`` or
-  ``triples.jsonl``: ``query_id, query, positive_id, positive, negative_ids, negatives``).
+- `HardNegativeDataset.from_mined`: the `datasets.Dataset` that mining returns (or ``hn-trainer mine``
+  saved in ``triples/``; `from_disk` reads it), columns ``query_id, query, positive_id, positive,
+  negative_ids, negatives``.
+- `HardNegativeDataset.from_jsonl`: ``triples.jsonl``, the same fields.
 - `HardNegativeDataset.from_rows`: the same fields from any iterable of dicts.
 """
 
@@ -111,6 +113,7 @@ class HardNegativeDataset(Dataset):
         self.pair_queries = pair_queries[keep]
         self.pair_positives = pair_positives[keep]
         self.pools = _left_pack(pools[keep])
+        self._previous, self._in_flight = self.pools, 0
         self.stats = {
             "pairs": n_total,
             "pairs_without_negatives": n_empty,
@@ -129,114 +132,6 @@ class HardNegativeDataset(Dataset):
     # ----- construction -------------------------------------------------------------------------------------
 
     @classmethod
-    def from_embeddings(
-        cls,
-        query_ids: Sequence[str],
-        query_texts: Sequence[str],
-        doc_ids: Sequence[str],
-        doc_texts: Sequence[str],
-        pairs: Sequence[tuple[str, str]],
-        query_embeddings: np.ndarray | torch.Tensor | None,
-        corpus_embeddings: np.ndarray | torch.Tensor | None,
-        pool_size: int = 8,
-        metric: str = "cosine",
-        sampler: Any = None,
-        *,
-        positives: Mapping[str, Iterable[str]] | None = None,
-        conditions: str = "both",
-        keep_empty: bool = False,
-        device: str | torch.device | None = None,
-        sampler_kwargs: Mapping[str, Any] | None = None,
-    ) -> HardNegativeDataset:
-        """Mine a pool of ``pool_size`` negatives per pair and build the dataset.
-
-        Args:
-            query_ids: Query ids, aligned with ``query_texts`` and ``query_embeddings`` rows.
-            query_texts: Query texts.
-            doc_ids: Corpus ids, aligned with ``doc_texts`` and ``corpus_embeddings`` rows.
-            doc_texts: Corpus texts.
-            pairs: ``(query_id, positive_doc_id)`` training pairs.
-            query_embeddings: ``[n_queries, d]`` vectors (e.g. the PCA-reduced ensemble); may be ``None`` for
-                a sampler that needs none (random, BM25).
-            corpus_embeddings: ``[n_docs, d]`` vectors.
-            pool_size: Negatives mined per pair (``M``); the collator picks ``num_negatives`` of them per
-                step.
-            metric: ``"cosine"`` or ``"euclidean"`` distance of the dual conditions.
-            sampler: ``None`` for `hn_trainer.mining.kernel.dual_condition_mine`; otherwise a
-                `hn_trainer.mining.samplers.NegativeSampler`, or a name for ``get_sampler`` ("random", "bm25",
-                ...) which receives ``metric``, ``conditions`` and ``device`` where it takes them.
-            positives: Extra relevant documents per query id (all are excluded from the pools), e.g. the
-                positives of every qrels split. The positives of ``pairs`` are always excluded.
-            conditions: ``"both"`` (the paper) or ``"query"`` (condition 1 only).
-            keep_empty: Keep pairs for which nothing was mined (see the class docstring).
-            device: Device of the mining kernel.
-            sampler_kwargs: More arguments of a sampler named by ``sampler`` (e.g. ``{"seed": 1}``).
-
-        Raises:
-            DataError: A pair names an unknown query or document.
-            HNTrainerError: No pair got a negative.
-        """
-        q_index = {qid: i for i, qid in enumerate(query_ids)}
-        d_index = {did: i for i, did in enumerate(doc_ids)}
-        rows = []
-        for qid, did in pairs:
-            if qid not in q_index:
-                raise DataError("training pair names an unknown query", id=qid)
-            if did not in d_index:
-                raise DataError("training pair names an unknown document", id=did)
-            rows.append((q_index[qid], d_index[did]))
-        query_positives: list[set[int]] = [set() for _ in query_ids]
-        for q, d in rows:
-            query_positives[q].add(d)
-        for qid, docs in (positives or {}).items():
-            if qid in q_index:
-                query_positives[q_index[qid]].update(d_index[d] for d in docs if d in d_index)
-        pair_tensor = torch.tensor(rows, dtype=torch.long).reshape(-1, 2)
-        positives_list = [sorted(p) for p in query_positives]
-
-        if sampler is None:
-            from hn_trainer.mining.kernel import dual_condition_mine
-
-            result = dual_condition_mine(
-                torch.as_tensor(query_embeddings),
-                torch.as_tensor(corpus_embeddings),
-                pair_tensor,
-                positives_list,
-                k=pool_size,
-                metric=metric,
-                conditions=conditions,
-                device=device,
-            )
-        else:
-            from hn_trainer.mining.pipeline import configured_sampler
-            from hn_trainer.mining.samplers import MiningInputs
-
-            if isinstance(sampler, str):
-                settings = {"metric": metric, "conditions": conditions, "device": device}
-                sampler = configured_sampler(sampler, settings, **(sampler_kwargs or {}))
-            inputs = MiningInputs(
-                queries=list(query_texts),
-                documents=list(doc_texts),
-                pairs=pair_tensor,
-                positives=positives_list,
-                query_embeddings=None if query_embeddings is None else torch.as_tensor(query_embeddings),
-                corpus_embeddings=None if corpus_embeddings is None else torch.as_tensor(corpus_embeddings),
-            )
-            result = sampler.mine(inputs, pool_size)
-        pools = torch.as_tensor(result.indices).cpu().numpy()
-        return cls(
-            query_ids,
-            query_texts,
-            doc_ids,
-            doc_texts,
-            pair_tensor[:, 0].numpy(),
-            pair_tensor[:, 1].numpy(),
-            pools,
-            positives_list,
-            keep_empty=keep_empty,
-        )
-
-    @classmethod
     def from_rows(
         cls,
         rows: Iterable[Mapping[str, Any]],
@@ -244,6 +139,7 @@ class HardNegativeDataset(Dataset):
         keep_empty: bool = False,
         positives: Mapping[str, Iterable[str]] | None = None,
         source: str | None = None,
+        corpus: tuple[Sequence[str], Sequence[str]] | None = None,
     ) -> HardNegativeDataset:
         """Build from dicts with the fields of mined triples; pools keep the order given (hardest first).
 
@@ -254,6 +150,8 @@ class HardNegativeDataset(Dataset):
             keep_empty: Keep pairs without negatives.
             positives: Extra relevant document ids per query id, never used as negatives.
             source: File name for error messages.
+            corpus: ``(ids, texts)`` of the whole corpus, so that random negatives are drawn from all of it
+                (by default the document lookup holds the positives and pool documents only).
         """
         queries: dict[str, int] = {}
         query_texts: list[str] = []
@@ -271,6 +169,9 @@ class HardNegativeDataset(Dataset):
                 )
             return row
 
+        if corpus is not None:
+            for _id, text in zip(*corpus, strict=True):
+                add(docs, doc_texts, str(_id), text, 0)
         pair_queries, pair_positives, pool_rows = [], [], []
         for line, row in enumerate(rows, start=1):
             missing = [f for f in MINED_FIELDS if f not in row]
@@ -311,6 +212,17 @@ class HardNegativeDataset(Dataset):
             [sorted(p) for p in query_positives],
             keep_empty=keep_empty,
         )
+
+    @classmethod
+    def from_mined(cls, mined: Any, **kwargs) -> HardNegativeDataset:
+        """Build from the `datasets.Dataset` that `hn_trainer.mining.pipeline.mine_pairs` returns.
+
+        Keyword arguments go to `from_rows`.
+        """
+        missing = [f for f in MINED_FIELDS if f not in mined.column_names]
+        if missing:
+            raise DataError(f"the mined dataset lacks the column(s) {', '.join(missing)}")
+        return cls.from_rows(mined.select_columns(list(MINED_FIELDS)), **kwargs)
 
     @classmethod
     def from_disk(cls, path: str | os.PathLike, **kwargs) -> HardNegativeDataset:
@@ -380,20 +292,68 @@ class HardNegativeDataset(Dataset):
             "positive_ids": [self.doc_ids[d] for d in self.query_positives[q]],
         }
 
-    def pool_rows(self, index: int) -> list[int]:
+    def pool_rows(self, index: int, pools: np.ndarray | None = None) -> list[int]:
         """Document rows of a pair's pool in the current order (hardest first), without padding."""
-        row = self.pools[index]
+        row = (self.pools if pools is None else pools)[index]
         return row[row >= 0].tolist()
+
+    def as_train_dataset(self) -> Any:
+        """The `datasets.Dataset` the trainer iterates: ``pair_index``, ``query``, ``positive`` per pair.
+
+        The collator looks each pair's negatives up here by ``pair_index`` when it builds a batch.
+        """
+        import datasets
+
+        return datasets.Dataset.from_dict(
+            {
+                "pair_index": list(range(len(self))),
+                "query": [self.query_texts[q] for q in self.pair_queries.tolist()],
+                "positive": [self.doc_texts[p] for p in self.pair_positives.tolist()],
+            }
+        )
+
+    def distinct_pool_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every distinct (query row, document row) of the pools, and for each pool entry its index there.
+
+        Returns:
+            ``(pairs [n_distinct, 2], inverse [n_pairs, M])``; ``inverse`` is ``-1`` at padding. A query with many
+            positives shares most of its pools across its pairs: re-scoring scores each distinct pair once.
+        """
+        rows, cols = np.nonzero(self.pools >= 0)
+        keys = np.stack([self.pair_queries[rows], self.pools[rows, cols]], axis=1)
+        distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
+        grid = np.full(self.pools.shape, -1, dtype=np.int64)
+        grid[rows, cols] = inverse.reshape(-1)
+        return distinct.reshape(-1, 2), grid
+
+    # ----- the order a batch sees ---------------------------------------------------------------------------
+
+    def batch_pools(self) -> np.ndarray:
+        """The pool order for the batch being built now.
+
+        Usually `pools`. Right after `set_pools(..., in_flight=n)` the next ``n`` batches still get the order
+        they would have had before (they were built ahead of the step that reordered the pools; see
+        `RemineCallback`), so a resumed run replays exactly what the uninterrupted run saw.
+        """
+        if self._in_flight > 0:
+            self._in_flight -= 1
+            return self._previous
+        return self.pools
 
     @property
     def pool_size(self) -> int:
         """``M``, the width of the pool array."""
         return int(self.pools.shape[1])
 
-    def set_pools(self, pools: np.ndarray) -> None:
+    def set_pools(self, pools: np.ndarray, *, previous: np.ndarray | None = None, in_flight: int = 0) -> None:
         """Replace the pool order (e.g. after re-scoring with the model being trained).
 
         Every row must hold the same documents as before, in any order, ``-1`` padding last.
+
+        Args:
+            pools: The new ``[n_pairs, M]`` order.
+            previous: The order batches already in flight were built with (default: the current one).
+            in_flight: How many batches to come still get ``previous`` (see `batch_pools`).
 
         Raises:
             HNTrainerError: The array's shape or a row's documents differ from the current pools.
@@ -408,6 +368,8 @@ class HardNegativeDataset(Dataset):
             raise HNTrainerError(
                 "new pools must reorder each pair's negatives (same documents, padding last)"
             )
+        self._previous = self.pools if previous is None else np.asarray(previous, dtype=np.int64)
+        self._in_flight = int(in_flight)
         self.pools = pools.copy()
 
 

@@ -1,4 +1,4 @@
-"""Arguments of `HardNegativeTrainer`: `transformers.TrainingArguments` plus the negative settings."""
+"""Arguments of `HardNegativeTrainer`: `CrossEncoderTrainingArguments` plus how negatives are picked per step."""
 
 from __future__ import annotations
 
@@ -6,27 +6,28 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
-from transformers import TrainingArguments
+from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
 
 from hn_trainer.errors import ConfigError
+from hn_trainer.training.losses import LOSSES, loss_layout
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class HardNegativeTrainingArguments(TrainingArguments):
-    """`transformers.TrainingArguments` with the settings of hard-negative reranker training.
+class HardNegativeTrainingArguments(CrossEncoderTrainingArguments):
+    """`CrossEncoderTrainingArguments` with the settings of hard-negative reranker training.
 
-    Every field is a command-line flag through `HfArgumentParser`. ``remove_unused_columns`` defaults to
-    ``False`` (the collator needs the text columns); ``seed`` also seeds the choice of negatives unless
-    ``negative_seed`` is set.
+    Every field is a command-line flag through `HfArgumentParser`. ``seed`` also seeds the choice of negatives
+    unless ``negative_seed`` is set. How the pools are mined (their size included) is a mining setting
+    (`hn_trainer.config.MiningArguments`), how the reranker is evaluated an evaluation setting.
     """
 
-    loss: Literal["bce", "lce"] = field(
+    loss: str = field(
         default="bce",
         metadata={
-            "help": "'bce': pointwise binary cross-entropy; 'lce': softmax over one positive and its "
-            "negatives (localized contrastive estimation)."
+            "help": "Loss by name: 'bce' (pointwise binary cross-entropy), 'lce' (softmax over one positive and "
+            "its negatives), or a listwise loss of sentence-transformers: " + ", ".join(list(LOSSES)[2:]) + "."
         },
     )
     num_negatives: int = field(
@@ -38,9 +39,6 @@ class HardNegativeTrainingArguments(TrainingArguments):
             "help": "'hardest': the first num_negatives of the pool (hardest first); 'sample': drawn at "
             "random within the pool, a new draw each epoch."
         },
-    )
-    pool_size: int = field(
-        default=8, metadata={"help": "Negatives mined per pair (the pool the collator picks from)."}
     )
     random_negatives: int = field(default=0, metadata={"help": "Random corpus negatives added per pair."})
     fill_random_negatives: bool = field(
@@ -55,9 +53,7 @@ class HardNegativeTrainingArguments(TrainingArguments):
     )
     max_length: int | None = field(
         default=None,
-        metadata={
-            "help": "Truncation length of a (query, document) pair (default: the tokenizer's, at most 512)."
-        },
+        metadata={"help": "Truncation length of a (query, document) pair (default: the model's, at most 512)."},
     )
     remine_steps: int = field(
         default=0,
@@ -69,46 +65,58 @@ class HardNegativeTrainingArguments(TrainingArguments):
     remine_batch_size: int = field(
         default=64, metadata={"help": "Pairs per forward pass when re-scoring pools."}
     )
-    keep_pairs_without_negatives: bool = field(
-        default=False, metadata={"help": "Keep (query, positive) pairs for which mining found no negative."}
-    )
-    eval_candidates_k: int = field(
-        default=100,
-        metadata={"help": "First-stage candidates per evaluation query that the reranker reorders."},
-    )
-    eval_batch_pairs: int = field(
-        default=64, metadata={"help": "(query, document) pairs per evaluation forward pass."}
-    )
     score_activation: Literal["auto", "sigmoid", "identity"] = field(
         default="auto",
         metadata={
             "help": "Activation CrossEncoder.predict applies to the saved model's logit: 'sigmoid' (a "
             "probability of relevance), 'identity' (the raw logit), 'auto': sigmoid for bce, identity "
-            "for lce."
+            "for the other losses."
         },
     )
     remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Kept False: the collator needs the text columns."}
+        default=False, metadata={"help": "Kept False: the collator reads the pair_index column."}
+    )
+    restore_callback_states_from_checkpoint: bool = field(
+        default=True,
+        metadata={"help": "Restore callback state (re-mining step and history) when resuming from a checkpoint."},
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.num_negatives < 0:
-            raise ConfigError(f"num_negatives must not be negative, got {self.num_negatives}")
-        if self.pool_size < 1:
-            raise ConfigError(f"pool_size must be at least 1, got {self.pool_size}")
-        if self.random_negatives < 0:
-            raise ConfigError(f"random_negatives must not be negative, got {self.random_negatives}")
-        if self.remine_steps < 0:
-            raise ConfigError(f"remine_steps must not be negative, got {self.remine_steps}")
+        loss_layout(self.loss)  # an unknown loss name is an error now, not after mining
+        for name in ("num_negatives", "random_negatives", "remine_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must not be negative, got {getattr(self, name)}")
+        if self.remine_batch_size < 1:
+            raise ConfigError(f"--remine_batch_size must be at least 1, got {self.remine_batch_size}")
         if self.max_length is not None and self.max_length < 8:
-            raise ConfigError(f"max_length must be at least 8, got {self.max_length}")
-        if self.num_negatives > self.pool_size:
-            logger.warning(
-                "num_negatives=%d exceeds pool_size=%d: pairs get at most pool_size hard negatives",
-                self.num_negatives,
-                self.pool_size,
+            raise ConfigError(f"--max_length must be at least 8, got {self.max_length}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.negative_seed is not None and self.negative_seed < 0:
+            raise ConfigError(f"--negative_seed must not be negative, got {self.negative_seed}")
+        if self.negatives_per_pair == 0:
+            raise ConfigError(
+                f"--loss {self.loss} with --num_negatives 0 and no random or in-batch negatives compares each "
+                "positive with nothing: the loss has no gradient. Set --num_negatives, --random_negatives or "
+                "--in_batch_negatives."
             )
+        if self.remine_steps and self.dataloader_num_workers:
+            raise ConfigError(
+                "--remine_steps needs --dataloader_num_workers 0: loader workers hold copies of the pools and "
+                "would never see the re-scored order"
+            )
+
+    @property
+    def negatives_per_pair(self) -> int | None:
+        """Negatives a pair can get per step: 0 when nothing can be compared with the positive.
+
+        ``None`` when pointwise (``bce``), where a positive alone still trains.
+        """
+        if self.loss == "bce" or loss_layout(self.loss) == "pair":
+            return None
+        return self.num_negatives + self.random_negatives + (1 if self.in_batch_negatives else 0)
 
     @property
     def resolved_activation(self) -> Literal["sigmoid", "identity"]:
