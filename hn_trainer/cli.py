@@ -21,7 +21,7 @@ COMMANDS = {
 
 
 def _usage() -> str:
-    lines = ["usage: hn-trainer COMMAND [--config FILE.yaml] [--FIELD VALUE ...]", "", "commands:"]
+    lines = ["usage: hn-trainer [--version] COMMAND [--config FILE.yaml] [--FIELD VALUE ...]", "", "commands:"]
     lines += [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -31,7 +31,7 @@ def _run(command: str, argv: list[str]) -> None:
         from hn_trainer.config import DataArguments, MineOutputArguments, MiningArguments, parse_args
         from hn_trainer.mining.pipeline import run_mine
 
-        run_mine(*parse_args((DataArguments, MiningArguments, MineOutputArguments), argv))
+        run_mine(*parse_args((DataArguments, MiningArguments, MineOutputArguments), argv, prog="hn-trainer mine"))
     elif command == "train":
         from hn_trainer.recipe import main as train_main
 
@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in {"-h", "--help"}:
         print(_usage())
+        return 0
+    if argv[0] in {"-V", "--version"}:
+        from hn_trainer import __version__
+
+        print(f"hn-trainer {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:

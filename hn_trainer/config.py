@@ -1,12 +1,16 @@
-"""Configuration dataclasses, read from YAML files and command-line flags with `HfArgumentParser`.
+"""Configuration dataclasses of the data and mining stages, read from YAML files and flags with `HfArgumentParser`.
 
-Every field is a flag (``--pca_variance 0.8``); ``--config FILE.yaml`` sets any of them first,
-and flags given on the command line win over the file.
+Every field is a flag (``--pca_variance 0.8``); ``--config FILE.yaml`` sets any of them, and flags given on
+the command line win over the file. Each argument lives in the dataclass of the stage that reads it: data and
+mining here, training in `hn_trainer.training.HardNegativeTrainingArguments`, evaluation and the recipe's model
+choices in `hn_trainer.recipe`.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -48,6 +52,26 @@ class DataArguments:
     max_eval_queries: int | None = field(
         default=None, metadata={"help": "Evaluate on only the first N evaluation queries (quick runs)."}
     )
+    validation_split: str | None = field(
+        default="dev",
+        metadata={"help": "Qrels split that chooses checkpoints, fusion weights and settings, when the data has "
+                  "it; otherwise a seeded slice of the training queries is held out (validation_queries)."},
+    )
+    validation_queries: int | None = field(
+        default=None,
+        metadata={"help": "Training queries held out for validation when there is no validation split "
+                  "(default: 10%, at least 1, at most 200; 0: none)."},
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("num_train_queries", "max_train_queries", "max_eval_queries"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name} must be a positive count, got {value}")
+        if self.validation_queries is not None and self.validation_queries < 0:
+            raise ConfigError(f"--validation_queries must not be negative, got {self.validation_queries}")
+        if self.split == self.eval_split:
+            raise ConfigError(f"--split and --eval_split are both {self.split!r}: train and test must differ")
 
 
 @dataclass
@@ -87,14 +111,34 @@ class MiningArguments:
         default=None, metadata={"help": "Documents per kernel block (default: 16384 on CPU, 65536 on CUDA)."}
     )
     mining_seed: int = field(default=42, metadata={"help": "Seed of random choices during mining."})
+    pool_size: int = field(
+        default=8,
+        metadata={"help": "Negatives mined per (query, positive) pair: the pool training picks from."},
+    )
+    keep_pairs_without_negatives: bool = field(
+        default=False,
+        metadata={"help": "Keep (query, positive) pairs for which mining found no negative (they train on "
+                  "random or in-batch negatives when those are set)."},
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.encoders, (list, tuple)):
             self.encoders = ",".join(self.encoders)
         if not self.encoder_list:
-            raise ConfigError("encoders: name at least one encoder")
+            raise ConfigError("--encoders: name at least one encoder")
         if self.pca_variance is not None and not 0 < self.pca_variance <= 1:
-            raise ConfigError(f"pca_variance must be in (0, 1], got {self.pca_variance}")
+            raise ConfigError(f"--pca_variance must be in (0, 1], got {self.pca_variance}")
+        if not 0 < self.positive_aware_ratio < 1:
+            raise ConfigError(f"--positive_aware_ratio must be in (0, 1), got {self.positive_aware_ratio}")
+        for name in ("embedding_batch_size", "pool_size", "query_block_size", "corpus_block_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {value}")
+        if self.mining_device is not None and self.mining_device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError(f"--mining_device {self.mining_device}: this machine has no CUDA device")
 
     @property
     def encoder_list(self) -> list[str]:
@@ -106,36 +150,27 @@ class MineOutputArguments:
     """Where the `mine` command writes."""
 
     output_dir: str = field(default="runs/mine", metadata={"help": "Folder for triples, stats and embeddings."})
-    num_negatives: int = field(default=1, metadata={"help": "Hard negatives kept per (query, positive) pair."})
+    num_negatives: int | None = field(
+        default=None, metadata={"help": "Hard negatives kept per (query, positive) pair (default: pool_size)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.num_negatives is not None and self.num_negatives < 1:
+            raise ConfigError(f"--num_negatives must be at least 1, got {self.num_negatives}")
     save_embeddings: bool = field(
         default=False, metadata={"help": "Also write the vectors the kernel used (.npy) and their row ids."}
     )
 
 
-def _config_path(argv: list[str]) -> tuple[Path | None, list[str]]:
-    rest, path = [], None
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--config":
-            if i + 1 >= len(argv):
-                raise ConfigError("--config needs a file")
-            path, i = Path(argv[i + 1]), i + 2
-            continue
-        if arg.startswith("--config="):
-            path = Path(arg.split("=", 1)[1])
-        else:
-            rest.append(arg)
-        i += 1
-    return path, rest
-
-
 def read_config_file(path: Path) -> dict:
+    """The mapping of field names to values in a YAML config file."""
     try:
         with open(path, encoding="utf-8") as f:
             values = yaml.safe_load(f) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save the config file as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(values, dict):
@@ -143,37 +178,70 @@ def read_config_file(path: Path) -> dict:
     return values
 
 
-def parse_args(dataclass_types: tuple[type, ...], argv: list[str] | None = None) -> tuple:
-    """Parse ``--config FILE.yaml`` plus flags into instances of `dataclass_types`.
+def _as_flags(values: dict, source: str, known: set[str]) -> list[str]:
+    """``{field: value}`` as command-line flags, so the file goes through the parser exactly like flags do."""
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown config field(s): {', '.join(unknown)}")
+    flags = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
+        elif isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, dict):
+            value = json.dumps(value)
+        flags += [f"--{key}", str(value)]
+    return flags
 
-    Raises:
-        ConfigError: for a field that no dataclass declares, in the file or on the command line.
-    """
+
+def build_parser(dataclass_types: tuple[type, ...], prog: str | None = None):
+    """`HfArgumentParser` over `dataclass_types`, with ``--config`` and without flag abbreviations."""
     from transformers import HfArgumentParser
 
+    parser = HfArgumentParser(dataclass_types, prog=prog, allow_abbrev=False)
+    parser.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        default=None,
+        help="YAML file of field: value lines; flags given on the command line win over the file.",
+    )
+    return parser
+
+
+def parse_args(
+    dataclass_types: tuple[type, ...],
+    argv: list[str] | None = None,
+    *,
+    defaults: dict | None = None,
+    prog: str | None = None,
+) -> tuple:
+    """Parse ``--config FILE.yaml`` plus flags into instances of `dataclass_types`.
+
+    Precedence, lowest first: the dataclasses' defaults, then `defaults` (e.g. the demo's settings), then the
+    config file, then the command line. Everything goes through the same `HfArgumentParser`: a file value is
+    parsed exactly like the same flag.
+
+    Raises:
+        ConfigError: For a field that no dataclass declares (in the file or on the command line), a value the
+            parser or a dataclass refuses.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
-    path, rest = _config_path(argv)
-    parser = HfArgumentParser(dataclass_types)
+    parser = build_parser(dataclass_types, prog=prog)
     known = {f.name for t in dataclass_types for f in dataclasses.fields(t) if f.init}
-    if path is not None:
-        values = read_config_file(path)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{path}: unknown config field(s): {', '.join(unknown)}")
-        values = {k: (",".join(map(str, v)) if k == "encoders" and isinstance(v, list) else v) for k, v in values.items()}
-        parser.set_defaults(**values)
-        # A default supplied for a required field makes it optional.
-        for action in parser._actions:
-            if action.dest in values:
-                action.required = False
-    namespace, unknown_args = parser.parse_known_args(rest)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", default=None)
+    config, rest = pre.parse_known_args(argv)
+    flags = _as_flags(defaults or {}, "defaults", known)
+    if config.config is not None:
+        flags += _as_flags(read_config_file(Path(config.config)), config.config, known)
+    try:
+        parsed = parser.parse_args_into_dataclasses([*flags, *rest], return_remaining_strings=True)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
+    unknown_args = parsed[-1]
     if unknown_args:
         raise ConfigError(f"unknown argument(s): {' '.join(unknown_args)}")
-    outputs = []
-    for dtype in dataclass_types:
-        names = {f.name for f in dataclasses.fields(dtype) if f.init}
-        try:
-            outputs.append(dtype(**{k: v for k, v in vars(namespace).items() if k in names}))
-        except (ValueError, TypeError) as e:
-            raise ConfigError(str(e)) from None
-    return tuple(outputs)
+    return tuple(parsed[: len(dataclass_types)])  # the rest: the namespace holding --config

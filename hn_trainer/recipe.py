@@ -1,12 +1,18 @@
-"""The training recipe: mine, fine-tune a cross-encoder, evaluate, save (and push).
+"""The training recipe, the one place that ties the stages together: data -> mining -> training -> evaluation.
 
-Shared by ``hn-trainer train``, ``hn-trainer evaluate``, ``hn-trainer demo`` and
-``recipes/train_reranker.py`` (which `accelerate launch` runs on one or several processes).
+Shared by ``hn-trainer train``, ``hn-trainer evaluate``, ``hn-trainer demo`` and ``recipes/train_reranker.py``
+(which `accelerate launch` runs on one or several processes).
+
+Evaluation integrity: checkpoints (``metric_for_best_model``), the fusion weight and early stopping are chosen on
+validation queries, the data's validation split when it has one (``validation_split``), else a seeded slice of
+the training queries held out of training and mining. The test split is evaluated once, at the end;
+``results.json`` says which queries chose what.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,17 +21,41 @@ from typing import Literal
 
 from hn_trainer.config import DataArguments, MiningArguments, parse_args
 from hn_trainer.data import RetrievalData
-from hn_trainer.errors import HNTrainerError
+from hn_trainer.errors import ConfigError, HNTrainerError
 from hn_trainer.io import write_json
 
 logger = logging.getLogger(__name__)
 
 OFFLINE_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+FUSION_GRID = tuple(i / 10 for i in range(11))
+
+
+@dataclass
+class EvaluationArguments:
+    """How the reranker is evaluated: the first stage whose candidates it reorders, and fusion."""
+
+    first_stage: Literal["bm25", "dense", "ensemble"] = field(
+        default="dense", metadata={"help": "First-stage retriever whose top K the reranker reorders."}
+    )
+    first_stage_encoder: str = field(default=OFFLINE_BASE_MODEL, metadata={"help": "Encoder of the 'dense' first stage."})
+    eval_candidates_k: int = field(
+        default=100, metadata={"help": "First-stage candidates per query that the reranker reorders."}
+    )
+    eval_batch_pairs: int = field(default=64, metadata={"help": "(query, document) pairs per scoring forward pass."})
+    fusion: bool = field(
+        default=True,
+        metadata={"help": "Also report w * z(reranker) + (1 - w) * z(first stage), w chosen on validation queries."},
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("eval_candidates_k", "eval_batch_pairs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass
 class RecipeArguments:
-    """The model and evaluation set-up of a training run."""
+    """The base model and the optional stages of a training run."""
 
     model_name_or_path: str = field(
         default=OFFLINE_BASE_MODEL,
@@ -33,13 +63,7 @@ class RecipeArguments:
                   "(one output), or an encoder that gets a fresh one-logit head."},
     )
     mined_dir: str | None = field(
-        default=None, metadata={"help": "Train on the triples a `hn-trainer mine` run wrote here instead of mining."}
-    )
-    first_stage: Literal["bm25", "dense", "ensemble"] = field(
-        default="dense", metadata={"help": "First-stage retriever whose top K the reranker reorders at evaluation."}
-    )
-    first_stage_encoder: str = field(
-        default=OFFLINE_BASE_MODEL, metadata={"help": "Encoder of the 'dense' first stage."}
+        default=None, metadata={"help": "Train on the pairs a finished `hn-trainer mine` run wrote here instead of mining."}
     )
     warm_start: Literal["none", "titles"] = field(
         default="none",
@@ -59,137 +83,152 @@ class RecipeArguments:
     evaluate_base: bool = field(default=True, metadata={"help": "Evaluate the base reranker before training."})
     results_file: str = field(default="results.json", metadata={"help": "Metrics summary, in output_dir."})
 
-
-def _ensure_device_flags(argv: list[str]) -> list[str]:
-    """Fall back to the CPU when no GPU is visible, so `accelerate launch` runs on gloo with several processes."""
-    import torch
-
-    if not torch.cuda.is_available() and not any(a.startswith("--use_cpu") for a in argv):
-        argv = [*argv, "--use_cpu", "true"]
-    return argv
+    def __post_init__(self) -> None:
+        if self.warm_start_epochs <= 0:
+            raise ConfigError(f"--warm_start_epochs must be positive, got {self.warm_start_epochs}")
+        if self.warm_start_max_pairs is not None and self.warm_start_max_pairs < 1:
+            raise ConfigError(f"--warm_start_max_pairs must be at least 1, got {self.warm_start_max_pairs}")
 
 
 def parse_recipe_args(argv: list[str] | None = None, defaults: dict | None = None):
-    """``(DataArguments, MiningArguments, HardNegativeTrainingArguments, RecipeArguments)`` from flags and
-    ``--config``; `defaults` fills fields neither sets (the demo's settings)."""
+    """``(DataArguments, MiningArguments, HardNegativeTrainingArguments, EvaluationArguments, RecipeArguments)``
+    from flags and ``--config``; `defaults` sits under both (the demo's settings)."""
+    import torch
+
     from hn_trainer.training import HardNegativeTrainingArguments
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if defaults:
-        pre = [x for k, v in defaults.items() if not any(a == f"--{k}" or a.startswith(f"--{k}=") for a in argv)
-               for x in (f"--{k}", str(v))]
-        argv = pre + argv
-    argv = _ensure_device_flags(argv)
-    if not any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv):
-        argv = ["--output_dir", "runs/reranker", *argv]
-    return parse_args((DataArguments, MiningArguments, HardNegativeTrainingArguments, RecipeArguments), argv)
+    base = {"output_dir": "runs/reranker"}
+    if not torch.cuda.is_available():  # so that `accelerate launch` runs several CPU processes on gloo
+        base["use_cpu"] = True
+    types = (DataArguments, MiningArguments, HardNegativeTrainingArguments, EvaluationArguments, RecipeArguments)
+    return parse_args(types, sys.argv[1:] if argv is None else argv, defaults={**base, **(defaults or {})})
+
+
+# ----- queries ----------------------------------------------------------------------------------------------
 
 
 @dataclass
-class Embeddings:
-    """Ensemble vectors of the corpus and of every query the run touches."""
+class QuerySplits:
+    """Which queries train, which validate (choose checkpoints and weights), which test (reported once)."""
 
-    corpus: object
-    queries: dict
-    result: object
-
-
-def embed(data: RetrievalData, mining_args: MiningArguments, query_ids: list[str], state=None) -> Embeddings:
-    """Build the ensemble + PCA vectors of the corpus and of `query_ids` (sharded over the ranks of `state`)."""
-    from hn_trainer.embeddings import build_ensemble_embeddings
-
-    index = data.query_index()
-    queries = data.queries.select([index[q] for q in query_ids])
-    result = build_ensemble_embeddings(
-        data.corpus, queries, mining_args.encoder_list,
-        pca_variance=mining_args.pca_variance, cache_dir=mining_args.cache_dir,
-        batch_size=mining_args.embedding_batch_size, device=mining_args.mining_device, state=state,
-    )
-    return Embeddings(result.corpus_embeddings, dict(zip(query_ids, result.query_embeddings)), result)
+    train_pairs: list[tuple[str, str]]
+    validation: dict[str, dict[str, float]]
+    test: dict[str, dict[str, float]]
+    validation_source: str
 
 
-def training_dataset(data, data_args, mining_args, train_args, recipe_args, embeddings):
-    """The `HardNegativeDataset` of the training pairs: mined here, or read from ``mined_dir``."""
-    import numpy as np
+def split_queries_for_run(data: RetrievalData, data_args: DataArguments, *, seed: int) -> QuerySplits:
+    """Training pairs, validation qrels and test qrels, with validation never drawn from the test split."""
+    from hn_trainer.mining.pipeline import split_pairs
 
-    from hn_trainer.mining.pipeline import all_positives, configured_sampler, sampler_settings, split_pairs
+    pairs = split_pairs(data, data_args.split, data_args.max_train_queries)
+    test = _first(data.relevant(data_args.eval_split), data_args.max_eval_queries)
+    if data_args.validation_split and data_args.validation_split in data.splits:
+        if data_args.validation_split in {data_args.eval_split, data_args.split}:
+            raise ConfigError(f"--validation_split {data_args.validation_split!r} must differ from train and test")
+        validation = _first(data.relevant(data_args.validation_split), data_args.max_eval_queries)
+        return QuerySplits(pairs, validation, test, f"split {data_args.validation_split!r}")
+    train_queries = list(dict.fromkeys(q for q, _ in pairs))
+    n = data_args.validation_queries
+    if n is None:
+        n = min(200, max(1, len(train_queries) // 10)) if len(train_queries) > 1 else 0
+    if n >= len(train_queries) and n > 0:
+        raise ConfigError(f"--validation_queries {n} leaves no training query (there are {len(train_queries)})")
+    held = set(random.Random(seed).sample(sorted(train_queries), n)) if n else set()
+    relevant = data.relevant(data_args.split)
+    validation = {q: relevant[q] for q in sorted(held) if q in relevant}
+    source = f"{n} training queries held out of training (seed {seed})" if n else "none"
+    return QuerySplits([(q, d) for q, d in pairs if q not in held], validation, test, source)
+
+
+def _first(qrels: dict, n: int | None) -> dict:
+    return dict(list(qrels.items())[:n]) if n else qrels
+
+
+# ----- stages -----------------------------------------------------------------------------------------------
+
+
+def training_pool(data, data_args, mining_args, recipe_args, splits: QuerySplits, state):
+    """The `HardNegativeDataset` of the training pairs (mined here, or read from a finished ``mined_dir``) and
+    the `MinedPairs` when mined here."""
+    from hn_trainer.io import is_complete
+    from hn_trainer.mining.pipeline import all_positives, mine_pairs
     from hn_trainer.training import HardNegativeDataset
 
+    corpus = (list(data.corpus["_id"]), data.document_texts())
+    kwargs = dict(keep_empty=mining_args.keep_pairs_without_negatives, positives=all_positives(data), corpus=corpus)
     if recipe_args.mined_dir:
-        path = Path(recipe_args.mined_dir) / "triples"
-        if not path.exists():
-            raise HNTrainerError(f"{path}: no mined triples (run `hn-trainer mine --output_dir {recipe_args.mined_dir}`)")
-        return HardNegativeDataset.from_disk(path, keep_empty=train_args.keep_pairs_without_negatives)
-    pairs = split_pairs(data, data_args.split, data_args.max_train_queries)
-    query_ids = list(dict.fromkeys(q for q, _ in pairs))
-    texts = dict(zip(data.queries["_id"], data.queries["text"]))
-    needs_vectors = mining_args.method in {"dual_condition", "dense_topk", "positive_aware"}
-    sampler = None
-    if mining_args.method != "dual_condition":
-        sampler = configured_sampler(mining_args.method, sampler_settings(mining_args))
-    return HardNegativeDataset.from_embeddings(
-        query_ids, [texts[q] for q in query_ids], list(data.corpus["_id"]), data.document_texts(), pairs,
-        np.stack([embeddings.queries[q] for q in query_ids]) if needs_vectors else None,
-        embeddings.corpus if needs_vectors else None,
-        pool_size=train_args.pool_size, metric=mining_args.metric, sampler=sampler,
-        positives=all_positives(data), conditions=mining_args.conditions,
-        keep_empty=train_args.keep_pairs_without_negatives, device=mining_args.mining_device,
-    )
+        folder = Path(recipe_args.mined_dir)
+        if not is_complete(folder):
+            raise HNTrainerError(
+                f"--mined_dir {folder}: not the output of a finished `hn-trainer mine` run (no COMPLETE marker); "
+                f"run `hn-trainer mine --output_dir {folder}` again"
+            )
+        return HardNegativeDataset.from_disk(folder / "triples", **kwargs), None
+    mined = mine_pairs(data, data_args, mining_args, pairs=splits.train_pairs, state=state)
+    return HardNegativeDataset.from_mined(mined.dataset, **kwargs), mined
 
 
-def title_dataset(data, mining_args, train_args, recipe_args, embeddings):
+def title_pool(data, mining_args, train_args, recipe_args, mined):
     """Pseudo-queries the corpus provides: each document's title as a query for its body, with negatives
-    mined by the same kernel in the same vector space (bodies shown without titles on both sides)."""
-    import random
-
-    from hn_trainer.mining.pipeline import configured_sampler, sampler_settings
+    mined in the same vector space (bodies shown without titles on both sides)."""
+    from hn_trainer.mining.pipeline import configured_sampler, mine_pairs_from_embeddings, sampler_settings
     from hn_trainer.training import HardNegativeDataset
 
     titled = [(d, t.strip()) for d, t in zip(data.corpus["_id"], data.corpus["title"]) if t and t.strip()]
     if not titled:
         raise HNTrainerError(f"warm_start='titles': the documents of {data.name} have no titles")
+    if mined is None or mined.ensemble is None:
+        raise HNTrainerError("warm_start='titles' needs the ensemble vectors: mine here (no --mined_dir) with an "
+                             "embedding method")
     if recipe_args.warm_start_max_pairs and len(titled) > recipe_args.warm_start_max_pairs:
         titled = random.Random(train_args.seed).sample(titled, recipe_args.warm_start_max_pairs)
     query_ids = [f"title:{d}" for d, _ in titled]
-    title_vectors = embeddings.result.encode([t for _, t in titled], batch_size=mining_args.embedding_batch_size)
-    method = recipe_args.warm_start_negatives
-    sampler = None if method == "dual_condition" else configured_sampler(method, sampler_settings(mining_args))
-    return HardNegativeDataset.from_embeddings(
+    title_vectors = mined.ensemble.encode([t for _, t in titled], batch_size=mining_args.embedding_batch_size)
+    sampler = configured_sampler(recipe_args.warm_start_negatives, sampler_settings(mining_args))
+    dataset = mine_pairs_from_embeddings(
         query_ids, [t for _, t in titled], list(data.corpus["_id"]), list(data.corpus["text"]),
-        [(q, d) for q, (d, _) in zip(query_ids, titled)], title_vectors, embeddings.corpus,
-        pool_size=train_args.pool_size, metric=mining_args.metric, sampler=sampler, conditions=mining_args.conditions,
-        keep_empty=True, device=mining_args.mining_device,
+        [(q, d) for q, (d, _) in zip(query_ids, titled)], title_vectors, mined.corpus_embeddings,
+        num_negatives=mining_args.pool_size, sampler=sampler,
     )
+    return HardNegativeDataset.from_mined(dataset, keep_empty=True, corpus=(list(data.corpus["_id"]), list(data.corpus["text"])))
 
 
-def first_stage_run(data, split, recipe_args, train_args, mining_args, embeddings, query_ids, state=None):
-    """Candidates (top K of the configured first stage) of the evaluation queries."""
-    import numpy as np
-
+def first_stage_run(data, eval_args, mining_args, mined, qrels: dict, state=None) -> dict:
+    """Top-K candidates of the configured first stage for the queries of `qrels`."""
     from hn_trainer.embeddings import build_ensemble_embeddings
     from hn_trainer.evaluation.first_stage import first_stage_candidates
 
+    query_ids = list(qrels)
     texts = dict(zip(data.queries["_id"], data.queries["text"]))
     q_emb = c_emb = None
-    if recipe_args.first_stage == "ensemble":
-        q_emb, c_emb = np.stack([embeddings.queries[q] for q in query_ids]), embeddings.corpus
-    elif recipe_args.first_stage == "dense":
+    if eval_args.first_stage == "ensemble":
+        if mined is None or mined.ensemble is None:
+            raise ConfigError("--first_stage ensemble needs the mining ensemble: train with an embedding method")
+        q_emb = mined.ensemble.encode([texts[q] for q in query_ids], batch_size=mining_args.embedding_batch_size)
+        c_emb = mined.corpus_embeddings
+    elif eval_args.first_stage == "dense":
         index = data.query_index()
         dense = build_ensemble_embeddings(
-            data.corpus, data.queries.select([index[q] for q in query_ids]), [recipe_args.first_stage_encoder],
+            data.corpus, data.queries.select([index[q] for q in query_ids]), [eval_args.first_stage_encoder],
             pca_variance=None, cache_dir=mining_args.cache_dir, batch_size=mining_args.embedding_batch_size,
             device=mining_args.mining_device, state=state,
         )
         q_emb, c_emb = dense.query_embeddings, dense.corpus_embeddings
     return first_stage_candidates(
-        recipe_args.first_stage, query_ids, [texts[q] for q in query_ids], list(data.corpus["_id"]),
-        data.document_texts(), k=train_args.eval_candidates_k, query_embeddings=q_emb, corpus_embeddings=c_emb,
+        eval_args.first_stage, query_ids, [texts[q] for q in query_ids], list(data.corpus["_id"]),
+        data.document_texts(), k=eval_args.eval_candidates_k, query_embeddings=q_emb, corpus_embeddings=c_emb,
     )
 
 
-def evaluation_queries(data: RetrievalData, data_args: DataArguments) -> list[str]:
-    ids = list(data.relevant(data_args.eval_split))
-    return ids[: data_args.max_eval_queries] if data_args.max_eval_queries else ids
+def choose_fusion_weight(first_stage: dict, reranked: dict, qrels: dict, grid=FUSION_GRID) -> float:
+    """The weight of ``w * z(reranker) + (1 - w) * z(first stage)`` with the best MRR@10 on these (validation)
+    queries; ties go to the larger weight (the reranker)."""
+    from hn_trainer.evaluation.metrics import retrieval_metrics
+    from hn_trainer.evaluation.reranking import fuse_runs
+
+    scored = [(retrieval_metrics(fuse_runs(first_stage, reranked, w), qrels)["mrr@10"], w) for w in grid]
+    return max(scored)[1]
 
 
 def format_table(rows: dict[str, dict[str, float]], keys=("mrr@3", "mrr@10", "ndcg@10")) -> str:
@@ -200,102 +239,134 @@ def format_table(rows: dict[str, dict[str, float]], keys=("mrr@3", "mrr@10", "nd
     return "\n".join(lines)
 
 
-def _strip(metrics: dict[str, float], prefix: str = "eval_") -> dict[str, float]:
-    return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix) and "@" in k}
+# ----- the run ----------------------------------------------------------------------------------------------
 
 
-def run_training(data_args, mining_args, train_args, recipe_args, *, do_train: bool = True) -> dict:
-    """Mine, (warm-start,) train and evaluate; returns the metrics summary written to ``results_file``."""
+def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, do_train: bool = True) -> dict:
+    """Mine, (warm-start,) train and evaluate; returns the summary written to ``results_file``."""
     from accelerate import PartialState
 
+    from hn_trainer.evaluation.evaluator import RerankingEvaluator
     from hn_trainer.evaluation.metrics import retrieval_metrics
-    from hn_trainer.mining.pipeline import load_data
-    from hn_trainer.training import HardNegativeTrainer, RerankingEvaluationCallback, RerankerCardData, save_for_hub
+    from hn_trainer.evaluation.reranking import fuse_runs
+    from hn_trainer.mining.pipeline import load_data, prepare_output_dir
+    from hn_trainer.training import HardNegativeModelCardData, HardNegativeTrainer, load_reranker
 
     t_start = time.perf_counter()
+    prepare_output_dir(train_args.output_dir)  # before any model is loaded
+    if not do_train and train_args.load_best_model_at_end:
+        train_args.load_best_model_at_end = False
     state = PartialState(cpu=train_args.use_cpu)
     data = load_data(data_args)
-    eval_ids = evaluation_queries(data, data_args)
-    train_ids = [] if not do_train else list(dict.fromkeys(q for q, _ in data.pairs(data_args.split)))
-    if data_args.max_train_queries:
-        train_ids = train_ids[: data_args.max_train_queries]
-
-    needs_vectors = (do_train and not recipe_args.mined_dir and mining_args.method in
-                     {"dual_condition", "dense_topk", "positive_aware"}) or recipe_args.first_stage == "ensemble" \
-        or recipe_args.warm_start == "titles"
-    # Every rank takes part: texts missing from the cache are encoded in shards and gathered.
-    embeddings = embed(data, mining_args, list(dict.fromkeys(train_ids + eval_ids)), state) if needs_vectors else None
-    candidates = first_stage_run(data, data_args.eval_split, recipe_args, train_args, mining_args, embeddings,
-                                 eval_ids, state)
-    qrels = data.relevant(data_args.eval_split)
-    rows = {f"first stage ({recipe_args.first_stage}, top {train_args.eval_candidates_k})":
-            retrieval_metrics(candidates, {q: qrels[q] for q in eval_ids})}
-    evaluator = RerankingEvaluationCallback.from_data(
-        data, data_args.eval_split, candidates, batch_size=train_args.eval_batch_pairs,
-        show_progress_bar=state.is_main_process,
-    )
-    card = RerankerCardData(
-        model_id=train_args.hub_model_id, base_model=recipe_args.model_name_or_path, datasets=[data_args.data],
-        eval_description=f"split {data_args.eval_split!r} ({len(eval_ids)} queries): reranking the top "
-                         f"{train_args.eval_candidates_k} of the {recipe_args.first_stage} first stage",
-    )
-    model = recipe_args.model_name_or_path
+    splits = split_queries_for_run(data, data_args, seed=train_args.seed)
+    if not splits.validation and (train_args.load_best_model_at_end or train_args.eval_strategy != "no"):
+        raise ConfigError("checkpoint selection and evaluation during training need validation queries: "
+                          "set --validation_queries or a --validation_split")
+    pool = mined = None
     if do_train:
-        train_dataset = training_dataset(data, data_args, mining_args, train_args, recipe_args, embeddings)
-        card.mining = {
-            "encoders": ", ".join(mining_args.encoder_list), "pca_variance": mining_args.pca_variance,
-            "method": mining_args.method, "metric": mining_args.metric, "conditions": mining_args.conditions,
-            "pool_size": train_args.pool_size, "pairs": len(train_dataset),
-        }
-        if embeddings is not None:
-            card.mining.update(dim_concat=embeddings.result.dim_concat, dim_pca=embeddings.result.dim_pca)
-    trainer = HardNegativeTrainer(model, train_args, train_dataset=train_dataset if do_train else None,
-                                  evaluator=evaluator)
-    if recipe_args.evaluate_base:
-        rows["base reranker"] = _strip(trainer.evaluate())
+        pool, mined = training_pool(data, data_args, mining_args, recipe_args, splits, state)
+    candidates = {
+        name: first_stage_run(data, eval_args, mining_args, mined, qrels, state)
+        for name, qrels in (("validation", splits.validation), ("test", splits.test)) if qrels
+    }
+    first_name = f"first stage ({eval_args.first_stage}, top {eval_args.eval_candidates_k})"
+    rows = {first_name: retrieval_metrics(candidates["test"], splits.test)}
+    query_texts = dict(zip(data.queries["_id"], data.queries["text"]))
+    doc_texts = dict(zip(data.corpus["_id"], data.document_texts()))
+
+    def evaluator(name: str, **kwargs) -> RerankingEvaluator:
+        qrels = splits.validation if name == "validation" else splits.test
+        return RerankingEvaluator(candidates[name], query_texts, doc_texts, qrels,
+                                  batch_size=eval_args.eval_batch_pairs, show_progress_bar=state.is_main_process,
+                                  **kwargs)
+
+    validation = evaluator("validation") if splits.validation else None
+    test = evaluator("test")
+    card = HardNegativeModelCardData(model_id=train_args.hub_model_id, train_datasets=[{"name": data.name}])
+    label = "fine-tuned reranker" if do_train else f"reranker ({recipe_args.model_name_or_path})"
+    if do_train:
+        trainer = HardNegativeTrainer(recipe_args.model_name_or_path, train_args, train_dataset=pool,
+                                      evaluator=validation, model_card_data=card)
+        model = trainer.model
+        card.mining = _mining_card(mining_args, pool, mined)
+    else:
+        model = load_reranker(recipe_args.model_name_or_path, max_length=train_args.max_length)
+    if recipe_args.evaluate_base or not do_train:
+        rows["base reranker" if do_train else label] = test(model)
     if do_train and recipe_args.warm_start == "titles" and not train_args.resume_from_checkpoint:
         # (a resumed run restores the weights from its checkpoint, warm start included)
-        rows.update(_warm_start(trainer, data, mining_args, train_args, recipe_args, embeddings, evaluator, state))
+        _warm_start(trainer, data, mining_args, train_args, recipe_args, mined)
+        rows["after warm start"] = test(model)
     if do_train:
         trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
-        rows["fine-tuned reranker"] = _strip(trainer.evaluate())
-    card.eval_metrics = rows
+        model = trainer.model
+        rows[label] = test(model)
+    selection = {"validation": splits.validation_source, "test": f"split {data_args.eval_split!r}, evaluated once at the end"}
+    if do_train and train_args.load_best_model_at_end:
+        selection["checkpoint"] = f"{train_args.metric_for_best_model} on the validation queries"
+    fusion_weight = None
+    if eval_args.fusion and validation is not None:
+        validation(model)
+        fusion_weight = choose_fusion_weight(candidates["validation"], validation.last_run, splits.validation)
+        selection["fusion_weight"] = "MRR@10 on the validation queries"
+        test(model)
+        rows["fused"] = retrieval_metrics(
+            fuse_runs(candidates["test"], test.last_run, fusion_weight), splits.test
+        )
     summary = {
-        "rows": rows, "seconds": time.perf_counter() - t_start, "eval_queries": len(eval_ids),
-        "settings": {"data": asdict(data_args), "mining": asdict(mining_args), "recipe": asdict(recipe_args)},
+        "rows": rows, "seconds": time.perf_counter() - t_start, "eval_queries": len(splits.test),
+        "validation_queries": len(splits.validation), "fusion_weight": fusion_weight, "selection": selection,
+        "settings": {"data": asdict(data_args), "mining": asdict(mining_args), "evaluation": asdict(eval_args),
+                     "recipe": asdict(recipe_args)},
     }
     if do_train:
         final_dir = Path(train_args.output_dir) / "final"
+        card.eval_rows, card.fusion_weight = rows, fusion_weight
+        card.eval_description = (f"split {data_args.eval_split!r} ({len(splits.test)} queries): reranking the top "
+                                 f"{eval_args.eval_candidates_k} of the {eval_args.first_stage} first stage")
         if state.is_main_process:
-            save_for_hub(trainer, output_dir=final_dir, card_data=card)
-            write_json(Path(train_args.output_dir) / recipe_args.results_file, summary)
+            trainer.save_model(str(final_dir))
             logger.info("Saved the fine-tuned reranker to %s (loads with CrossEncoder(%r))", final_dir, str(final_dir))
             if train_args.push_to_hub:
-                from hn_trainer.training.model_card import push_folder_to_hub
-
-                push_folder_to_hub(final_dir, train_args.hub_model_id, token=train_args.hub_token)
+                model.push_to_hub(train_args.hub_model_id, token=train_args.hub_token, local_model_path=str(final_dir))
         summary["model_dir"] = str(final_dir)
+    if state.is_main_process:
+        write_json(Path(train_args.output_dir) / recipe_args.results_file, summary)
     state.wait_for_everyone()
     if state.is_main_process:
-        print(f"\n{data.name}: {len(eval_ids)} evaluation queries, split {data_args.eval_split!r}")
+        print(f"\n{data.name}: {len(splits.test)} evaluation queries, split {data_args.eval_split!r}; "
+              f"validation: {splits.validation_source}")
         print(format_table(rows))
+        if fusion_weight is not None:
+            print(f"fused: w * z(reranker) + (1 - w) * z(first stage), w = {fusion_weight:.1f} chosen on the validation queries")
     return summary
 
 
-def _warm_start(trainer, data, mining_args, train_args, recipe_args, embeddings, evaluator, state) -> dict:
+def _mining_card(mining_args, pool, mined) -> dict:
+    info = {
+        "encoders": ", ".join(mining_args.encoder_list), "pca_variance": mining_args.pca_variance,
+        "method": mining_args.method, "metric": mining_args.metric, "conditions": mining_args.conditions,
+        "pool_size": mining_args.pool_size, "pairs": pool.stats["pairs"],
+        "pairs_without_negatives": pool.stats["pairs_without_negatives"],
+    }
+    if mined is not None and mined.ensemble is not None:
+        info.update(dim_concat=mined.stats["dim_concat"], dim_pca=mined.stats["dim_pca"],
+                    variance_kept=mined.stats["variance_kept"])
+    return info
+
+
+def _warm_start(trainer, data, mining_args, train_args, recipe_args, mined) -> None:
     """Train the reranker on title pseudo-queries first; the main trainer then continues from that model."""
     from dataclasses import replace
 
     from hn_trainer.training import HardNegativeTrainer
 
-    titles = title_dataset(data, mining_args, train_args, recipe_args, embeddings)
+    titles = title_pool(data, mining_args, train_args, recipe_args, mined)
     args = replace(train_args, output_dir=str(Path(train_args.output_dir) / "warm_start"),
                    num_train_epochs=recipe_args.warm_start_epochs, max_steps=-1, resume_from_checkpoint=None,
-                   push_to_hub=False, eval_strategy="no", load_best_model_at_end=False, fill_random_negatives=True)
-    warm = HardNegativeTrainer(trainer.model, args, train_dataset=titles, processing_class=trainer.processing_class,
-                               evaluator=evaluator)
-    warm.train()
-    return {"after warm start": _strip(warm.evaluate())}
+                   push_to_hub=False, eval_strategy="no", load_best_model_at_end=False, fill_random_negatives=True,
+                   save_strategy="no", remine_steps=0)
+    HardNegativeTrainer(trainer.model, args, train_dataset=titles).train()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -316,8 +387,8 @@ DEMO_DEFAULTS = {
     "pool_size": 8,
     "num_negatives": 3,
     "negative_strategy": "sample",
-    "keep_pairs_without_negatives": "true",
-    "fill_random_negatives": "true",
+    "keep_pairs_without_negatives": True,
+    "fill_random_negatives": True,
     "num_train_epochs": 3,
     "learning_rate": 1e-4,
     "warmup_steps": 5,

@@ -1,51 +1,60 @@
-"""The `mine` command: data -> ensemble embeddings -> PCA -> negatives -> triples on disk."""
+"""Mining: data -> ensemble embeddings -> PCA -> negatives per (query, positive) pair, for `mine` and `train`."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from hn_trainer.config import DataArguments, MineOutputArguments, MiningArguments
 from hn_trainer.data import RetrievalData, load_beir, split_queries
-from hn_trainer.errors import HNTrainerError
-from hn_trainer.io import atomic_path, write_json, write_jsonl, write_npy
+from hn_trainer.errors import ConfigError, HNTrainerError
+from hn_trainer.io import atomic_path, run_marker, write_json, write_jsonl, write_npy
 
 logger = logging.getLogger(__name__)
 
 EMBEDDING_METHODS = {"dual_condition", "dense_topk", "positive_aware"}
 
 
+MINED_FEATURES = {
+    "query_id": "string",
+    "query": "string",
+    "positive_id": "string",
+    "positive": "string",
+    "negative_ids": ["string"],
+    "negatives": ["string"],
+    "negative_distances": ["float32"],
+}
+"""Columns of a mined-pairs dataset: one row per (query, positive), its negatives hardest first."""
+
+
 @dataclass
-class MinedTriples:
-    """Negatives chosen for each (query, positive) pair of a split, with the vectors they came from."""
+class MinedPairs:
+    """What mining returns: the pairs with their negatives, statistics, and the vectors they came from.
 
-    data: RetrievalData
-    query_ids: list[str]
-    pairs: list[tuple[str, str]]
-    negative_ids: list[list[str]]
-    negative_distances: list[list[float]]
-    query_embeddings: np.ndarray | None
-    corpus_embeddings: np.ndarray | None
+    Attributes:
+        dataset: A `datasets.Dataset` with the columns of `MINED_FEATURES` (``hn-trainer mine`` saves it as
+            ``triples/``; `hn_trainer.training.HardNegativeDataset.from_mined` trains on it).
+        stats: Counts, dimensions, distances and seconds (``stats.json``).
+        query_ids: Ids of the mined queries, the rows of ``query_embeddings``.
+        query_embeddings: ``[n_queries, d]`` vectors the negatives were chosen in (``None`` for text samplers).
+        corpus_embeddings: ``[n_documents, d]``, in corpus order.
+        ensemble: The `EnsembleEmbeddings` that produced them (its ``encode`` projects new texts with the same
+            PCA), or ``None``.
+    """
+
+    dataset: Any
     stats: dict
-
-    def rows(self):
-        """One dict per (query, positive), the layout of ``triples.jsonl``."""
-        queries = dict(zip(self.data.queries["_id"], self.data.queries["text"]))
-        docs = dict(zip(self.data.corpus["_id"], self.data.document_texts()))
-        for (q, p), negs in zip(self.pairs, self.negative_ids):
-            yield {
-                "query_id": q,
-                "query": queries[q],
-                "positive_id": p,
-                "positive": docs[p],
-                "negative_ids": negs,
-                "negatives": [docs[n] for n in negs],
-            }
+    query_ids: list[str]
+    query_embeddings: np.ndarray | None = None
+    corpus_embeddings: np.ndarray | None = None
+    ensemble: Any = None
 
 
 def configured_sampler(name: str, settings: dict, **kwargs):
@@ -102,96 +111,212 @@ def split_pairs(data: RetrievalData, split: str, max_queries: int | None = None)
 
 
 def all_positives(data: RetrievalData) -> dict[str, set[str]]:
-    """Every document judged relevant to each query, across all splits: none may be a negative."""
-    out: dict[str, set[str]] = {}
-    for split in data.splits:
-        for q, docs in data.relevant(split).items():
-            out.setdefault(q, set()).update(docs)
-    return out
+    """Every document judged for each query, in any split and with any score: none may be a negative."""
+    return data.judged()
 
 
-def mine(
+def mine_pairs(
+    data: RetrievalData,
     data_args: DataArguments,
     mining_args: MiningArguments,
-    num_negatives: int = 1,
-    data: RetrievalData | None = None,
-) -> MinedTriples:
-    """Run the mining half of the method and return the triples (nothing is written)."""
+    *,
+    num_negatives: int | None = None,
+    pairs: list[tuple[str, str]] | None = None,
+    state=None,
+) -> MinedPairs:
+    """Mine the negatives of a split's (query, positive) pairs: the one mining path of ``mine`` and ``train``.
+
+    The ensemble (and its PCA) is fitted on the corpus and the mined queries only, never on evaluation queries.
+    Every document judged for a query, in any split and with any score, is excluded from its negatives.
+
+    Args:
+        data: The dataset.
+        data_args: Which split (``split``, ``max_train_queries``).
+        mining_args: Encoders, PCA, method, conditions, block sizes, device, pool size.
+        num_negatives: Negatives kept per pair (default ``mining_args.pool_size``).
+        pairs: The pairs to mine (default: those of ``data_args.split``), e.g. without held-out queries.
+        state: An `accelerate.PartialState`: encoding and the kernel are split across its processes.
+
+    Returns:
+        `MinedPairs`.
+    """
     from hn_trainer.embeddings import build_ensemble_embeddings
-    from hn_trainer.mining.samplers import MiningInputs
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    data = data if data is not None else load_data(data_args)
-    pairs = split_pairs(data, data_args.split, data_args.max_train_queries)
-    seconds["load"] = time.perf_counter() - t0
-
+    pairs = pairs if pairs is not None else split_pairs(data, data_args.split, data_args.max_train_queries)
     query_ids = list(dict.fromkeys(q for q, _ in pairs))
-    q_row = {q: i for i, q in enumerate(query_ids)}
-    doc_ids = list(data.corpus["_id"])
-    d_row = data.corpus_index()
-    positives_by_query = all_positives(data)
-    positives = [sorted(d_row[d] for d in positives_by_query[q]) for q in query_ids]
-    pair_tensor = torch.tensor([[q_row[q], d_row[d]] for q, d in pairs], dtype=torch.long)
     query_index = data.query_index()
     queries = data.queries.select([query_index[q] for q in query_ids])
-
-    q_emb = c_emb = None
     stats: dict = {"data": data.name, "split": data_args.split, "method": mining_args.method}
+    ensemble = None
     if mining_args.method in EMBEDDING_METHODS:
-        ens = build_ensemble_embeddings(
+        ensemble = build_ensemble_embeddings(
             data.corpus,
             queries,
             mining_args.encoder_list,
             pca_variance=mining_args.pca_variance,
             cache_dir=mining_args.cache_dir,
             batch_size=mining_args.embedding_batch_size,
+            device=mining_args.mining_device,
+            state=state,
         )
-        q_emb, c_emb = ens.query_embeddings, ens.corpus_embeddings
-        seconds.update({f"embed_{k}": v for k, v in ens.seconds.items()})
+        seconds.update({f"embed_{k}": v for k, v in ensemble.seconds.items()})
         stats.update(
             encoders=mining_args.encoder_list,
-            per_encoder_dims=ens.per_encoder_dims,
-            dim_concat=ens.dim_concat,
-            dim_pca=ens.dim_pca,
+            per_encoder_dims=ensemble.per_encoder_dims,
+            dim_concat=ensemble.dim_concat,
+            dim_pca=ensemble.dim_pca,
             pca_variance=mining_args.pca_variance,
-            variance_kept=ens.variance_kept,
+            variance_kept=ensemble.variance_kept,
         )
-
+    seconds["load"] = time.perf_counter() - t0
+    q_emb = None if ensemble is None else ensemble.query_embeddings
+    c_emb = None if ensemble is None else ensemble.corpus_embeddings
     t0 = time.perf_counter()
-    sampler = configured_sampler(mining_args.method, sampler_settings(mining_args))
-    inputs = MiningInputs(
-        queries=list(queries["text"]),
-        documents=data.document_texts(),
-        pairs=pair_tensor,
-        positives=positives,
-        query_embeddings=None if q_emb is None else torch.from_numpy(q_emb),
-        corpus_embeddings=None if c_emb is None else torch.from_numpy(c_emb),
+    dataset = mine_pairs_from_embeddings(
+        query_ids,
+        list(queries["text"]),
+        list(data.corpus["_id"]),
+        data.document_texts(),
+        pairs,
+        q_emb,
+        c_emb,
+        num_negatives=num_negatives or mining_args.pool_size,
+        sampler=configured_sampler(mining_args.method, sampler_settings(mining_args)),
+        positives=all_positives(data),
+        state=state,
     )
-    result = sampler.mine(inputs, num_negatives)
     seconds["mine"] = time.perf_counter() - t0
-
-    negative_ids, negative_distances = [], []
-    for idx_row, dist_row in zip(result.indices.tolist(), result.distances.tolist()):
-        keep = [(i, d) for i, d in zip(idx_row, dist_row) if i >= 0]
-        negative_ids.append([doc_ids[i] for i, _ in keep])
-        negative_distances.append([float(d) for _, d in keep])
-    found = [len(n) for n in negative_ids]
-    stats.update(
-        pairs=len(pairs),
-        queries=len(query_ids),
-        documents=len(doc_ids),
-        num_negatives=num_negatives,
-        metric=mining_args.metric,
-        conditions=mining_args.conditions,
-        pairs_with_no_negative=sum(1 for n in found if n == 0),
-        pairs_with_fewer_than_k=sum(1 for n in found if n < num_negatives),
-        negatives=sum(found),
-        seconds=seconds,
-    )
+    stats.update(mined_stats(dataset, num_negatives or mining_args.pool_size, mining_args), seconds=seconds)
+    stats["queries"], stats["documents"] = len(query_ids), len(data.corpus)
     if q_emb is not None:
-        stats["distance_summary"] = distance_summary(q_emb, c_emb, pair_tensor, negative_distances, mining_args.metric)
-    return MinedTriples(data, query_ids, pairs, negative_ids, negative_distances, q_emb, c_emb, stats)
+        q_row = {q: i for i, q in enumerate(query_ids)}
+        d_row = data.corpus_index()
+        pair_rows = torch.tensor([[q_row[q], d_row[d]] for q, d in pairs], dtype=torch.long)
+        stats["distance_summary"] = distance_summary(
+            q_emb, c_emb, pair_rows, dataset["negative_distances"], mining_args.metric
+        )
+    return MinedPairs(dataset, stats, query_ids, q_emb, c_emb, ensemble)
+
+
+def mine_pairs_from_embeddings(
+    query_ids: list[str],
+    query_texts: list[str],
+    doc_ids: list[str],
+    doc_texts: list[str],
+    pairs: list[tuple[str, str]],
+    query_embeddings: np.ndarray | torch.Tensor | None,
+    corpus_embeddings: np.ndarray | torch.Tensor | None,
+    *,
+    num_negatives: int,
+    sampler: Any = None,
+    positives: Mapping[str, Iterable[str]] | None = None,
+    state=None,
+) -> Any:
+    """Mine ``num_negatives`` per (query_id, doc_id) pair with `sampler` and return the mined-pairs dataset.
+
+    Args:
+        query_ids, query_texts: The queries (rows of ``query_embeddings``).
+        doc_ids, doc_texts: The corpus (rows of ``corpus_embeddings``).
+        pairs: ``(query_id, positive_doc_id)``.
+        query_embeddings, corpus_embeddings: Vectors, or ``None`` for a sampler that reads texts only.
+        num_negatives: Negatives per pair (the pool width).
+        sampler: A `NegativeSampler` (default: the dual-condition sampler with its defaults).
+        positives: Every document judged for each query id (never a negative); the pairs' positives always are.
+        state: An `accelerate.PartialState`: an embedding sampler mines a contiguous slice of the pairs per
+            process, gathered in pair order.
+
+    Raises:
+        DataError: A pair names an unknown query or document.
+    """
+    from hn_trainer.errors import DataError
+    from hn_trainer.mining.samplers import MiningInputs, get_sampler
+
+    if num_negatives < 1:
+        raise ConfigError(f"--pool_size / --num_negatives must be at least 1, got {num_negatives}")
+    sampler = sampler if sampler is not None else get_sampler("dual_condition")
+    q_index = {q: i for i, q in enumerate(query_ids)}
+    d_index = {d: i for i, d in enumerate(doc_ids)}
+    rows = []
+    for q, d in pairs:
+        if q not in q_index:
+            raise DataError("training pair names an unknown query", id=q)
+        if d not in d_index:
+            raise DataError("training pair names an unknown document", id=d)
+        rows.append((q_index[q], d_index[d]))
+    excluded: list[set[int]] = [set() for _ in query_ids]
+    for q, d in rows:
+        excluded[q].add(d)
+    for q, docs in (positives or {}).items():
+        if q in q_index:
+            excluded[q_index[q]].update(d_index[d] for d in docs if d in d_index)
+    pair_tensor = torch.tensor(rows, dtype=torch.long).reshape(-1, 2)
+    inputs = MiningInputs(
+        queries=list(query_texts),
+        documents=list(doc_texts),
+        pairs=pair_tensor,
+        positives=[sorted(p) for p in excluded],
+        query_embeddings=None if query_embeddings is None else torch.as_tensor(query_embeddings),
+        corpus_embeddings=None if corpus_embeddings is None else torch.as_tensor(corpus_embeddings),
+    )
+    if state is not None and state.num_processes > 1 and inputs.has_embeddings:
+        from hn_trainer.mining.distributed import mine_sharded
+
+        def mine_slice(q_emb, c_emb, pair_slice, positives, k, metric, **_):
+            part = MiningInputs(inputs.queries, inputs.documents, pair_slice, positives, q_emb, c_emb)
+            return sampler.mine(part, k)
+
+        result = mine_sharded(
+            inputs.query_embeddings, inputs.corpus_embeddings, pair_tensor, inputs.positives, num_negatives,
+            state=state, mine=mine_slice,
+        )
+    else:
+        result = sampler.mine(inputs, num_negatives)
+    return mined_dataset(query_ids, query_texts, doc_ids, doc_texts, pairs, result)
+
+
+def mined_dataset(query_ids, query_texts, doc_ids, doc_texts, pairs, result) -> Any:
+    """The mined-pairs `datasets.Dataset` of a kernel or sampler `MiningResult` (padding dropped)."""
+    import datasets
+
+    query_text = dict(zip(query_ids, query_texts))
+    d_index = {d: i for i, d in enumerate(doc_ids)}
+    columns: dict[str, list] = {name: [] for name in MINED_FEATURES}
+    for (q, d), idx_row, dist_row in zip(pairs, result.indices.tolist(), result.distances.tolist()):
+        keep = [(i, x) for i, x in zip(idx_row, dist_row) if i >= 0]
+        columns["query_id"].append(q)
+        columns["query"].append(query_text[q])
+        columns["positive_id"].append(d)
+        columns["positive"].append(doc_texts[d_index[d]])
+        columns["negative_ids"].append([doc_ids[i] for i, _ in keep])
+        columns["negatives"].append([doc_texts[i] for i, _ in keep])
+        columns["negative_distances"].append([float(x) for _, x in keep])
+    features = datasets.Features(
+        {
+            name: datasets.List(datasets.Value(kind[0])) if isinstance(kind, list) else datasets.Value(kind)
+            for name, kind in MINED_FEATURES.items()
+        }
+    )
+    return datasets.Dataset.from_dict(columns, features=features)
+
+
+def mined_stats(dataset: Any, num_negatives: int, mining_args: MiningArguments) -> dict:
+    """Counts of what mining found: pairs, pairs with no or too few negatives, distinct negatives per query."""
+    found = [len(n) for n in dataset["negative_ids"]]
+    per_query: dict[str, set[str]] = {}
+    for q, negs in zip(dataset["query_id"], dataset["negative_ids"]):
+        per_query.setdefault(q, set()).update(negs)
+    return {
+        "pairs": len(found),
+        "num_negatives": num_negatives,
+        "metric": mining_args.metric,
+        "conditions": mining_args.conditions,
+        "pairs_with_no_negative": sum(1 for n in found if n == 0),
+        "pairs_with_fewer_than_k": sum(1 for n in found if n < num_negatives),
+        "negatives": sum(found),
+        "distinct_negatives_per_query": float(np.mean([len(v) for v in per_query.values()])) if per_query else 0.0,
+    }
 
 
 def distance_summary(q_emb, c_emb, pairs, negative_distances, metric: str) -> dict:
@@ -236,47 +361,64 @@ def format_stats(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def save_mined(mined: MinedTriples, output_dir: str | Path, *, save_embeddings: bool = False) -> Path:
-    """Write triples (``triples/`` via `save_to_disk` and ``triples.jsonl``), ``stats.json`` and
-    optionally the vectors; each file lands atomically, ``stats.json`` last."""
-    import datasets
-
+def save_mined(mined: MinedPairs, output_dir: str | Path, *, save_embeddings: bool = False) -> Path:
+    """Write the mined pairs (``triples/`` via `save_to_disk`, ``triples.jsonl``), ``stats.json`` and
+    optionally the vectors; each file lands atomically, and the folder's ``COMPLETE`` marker is removed
+    before the first write and written after the last (`hn_trainer.io.run_marker`)."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if save_embeddings and mined.query_embeddings is None:
+        raise HNTrainerError(f"--save_embeddings: method {mined.stats['method']!r} uses no embeddings")
     t0 = time.perf_counter()
-    rows = list(mined.rows())
-    features = datasets.Features(
-        {
-            "query_id": datasets.Value("string"),
-            "query": datasets.Value("string"),
-            "positive_id": datasets.Value("string"),
-            "positive": datasets.Value("string"),
-            "negative_ids": datasets.List(datasets.Value("string")),
-            "negatives": datasets.List(datasets.Value("string")),
-        }
-    )
-    table = datasets.Dataset.from_list(rows, features=features)
-    with atomic_path(output_dir / "triples") as tmp:
-        table.save_to_disk(str(tmp))
-    write_jsonl(output_dir / "triples.jsonl", rows)
-    if save_embeddings:
-        if mined.query_embeddings is None:
-            raise HNTrainerError(f"--save_embeddings: method {mined.stats['method']!r} uses no embeddings")
-        write_npy(output_dir / "query_embeddings.npy", np.ascontiguousarray(mined.query_embeddings, dtype=np.float32))
-        write_npy(output_dir / "corpus_embeddings.npy", np.ascontiguousarray(mined.corpus_embeddings, dtype=np.float32))
-        write_json(output_dir / "query_ids.json", mined.query_ids)
-        write_json(output_dir / "corpus_ids.json", list(mined.data.corpus["_id"]))
-    mined.stats["seconds"]["write"] = time.perf_counter() - t0
-    write_json(output_dir / "stats.json", mined.stats)
+    with run_marker(output_dir) as marker:
+        with atomic_path(output_dir / "triples") as tmp:
+            mined.dataset.save_to_disk(str(tmp))
+        write_jsonl(output_dir / "triples.jsonl", mined.dataset)
+        if save_embeddings:
+            write_npy(output_dir / "query_embeddings.npy", np.ascontiguousarray(mined.query_embeddings, dtype=np.float32))
+            write_npy(output_dir / "corpus_embeddings.npy", np.ascontiguousarray(mined.corpus_embeddings, dtype=np.float32))
+            write_json(output_dir / "query_ids.json", mined.query_ids)
+            write_json(output_dir / "corpus_ids.json", mined.stats.get("corpus_ids") or [])
+        mined.stats["seconds"]["write"] = time.perf_counter() - t0
+        write_json(output_dir / "stats.json", mined.stats)
+        marker.update(pairs=mined.stats["pairs"], method=mined.stats["method"])
     return output_dir
 
 
 def run_mine(data_args: DataArguments, mining_args: MiningArguments, out_args: MineOutputArguments) -> dict:
     """Entry point of ``hn-trainer mine``."""
-    mined = mine(data_args, mining_args, out_args.num_negatives)
+    from accelerate import PartialState
+
+    prepare_output_dir(out_args.output_dir)
+    data = load_data(data_args)
+    state = PartialState()
+    mined = mine_pairs(data, data_args, mining_args, num_negatives=out_args.num_negatives, state=state)
     mined.stats["settings"] = {"data": asdict(data_args), "mining": asdict(mining_args)}
-    save_mined(mined, out_args.output_dir, save_embeddings=out_args.save_embeddings)
-    logger.info("mining statistics\n%s", format_stats(mined.stats))
-    print(format_stats(mined.stats))
-    print(f"wrote {out_args.output_dir}")
+    if out_args.save_embeddings:
+        mined.stats["corpus_ids"] = list(data.corpus["_id"])
+    if state.is_main_process:
+        save_mined(mined, out_args.output_dir, save_embeddings=out_args.save_embeddings)
+        mined.stats.pop("corpus_ids", None)
+        print(format_stats(mined.stats))
+        print(f"wrote {out_args.output_dir}")
     return mined.stats
+
+
+def prepare_output_dir(path: str | Path) -> Path:
+    """Create the output folder and check that it can be written, before any slow work starts.
+
+    Raises:
+        ConfigError: The path is a file, lies under a file, or cannot be written.
+    """
+    import tempfile
+
+    path = Path(path)
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"--output_dir {path}: {parent} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--output_dir {path}: cannot write there ({e.strerror or e})") from None
+    return path
