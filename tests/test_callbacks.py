@@ -1,4 +1,4 @@
-"""RemineCallback (pool re-scoring, checkpoint state) and RerankingEvaluationCallback (eval_ metrics)."""
+"""RemineCallback: pool re-scoring with the model being trained, its checkpoint state, two processes."""
 
 from __future__ import annotations
 
@@ -8,14 +8,12 @@ import torch
 from transformers import TrainerControl, TrainerState, set_seed
 
 from hn_trainer.errors import HNTrainerError
-from hn_trainer.evaluation.metrics import retrieval_metrics
-from hn_trainer.evaluation.reranking import rerank, score_pairs
+from hn_trainer.evaluation.reranking import score_pairs
 from hn_trainer.training import (
     HardNegativeDataset,
     HardNegativeTrainer,
     HardNegativeTrainingArguments,
     RemineCallback,
-    RerankingEvaluationCallback,
     load_reranker,
 )
 
@@ -79,29 +77,24 @@ def make_args(tmp_path, **kwargs):
 @pytest.fixture(scope="module")
 def reranker(tiny_bert_dir):
     set_seed(0)
-    model, tokenizer = load_reranker(str(tiny_bert_dir))
-    return model.eval(), tokenizer
+    return load_reranker(str(tiny_bert_dir), max_length=32).eval()
 
 
 def test_remine_orders_each_pool_by_model_score(reranker):
-    model, tokenizer = reranker
+    model = reranker
     ds = make_dataset()
     before = [ds[i]["pool_ids"] for i in range(len(ds))]
-    callback = RemineCallback(ds, remine_steps=1, batch_size=3, max_length=32)
-    callback.remine(model, tokenizer, step=5)
+    callback = RemineCallback(ds, remine_steps=1, batch_size=3)
+    callback.remine(model, step=5)
     assert callback.last_step == 5 and callback.history[-1]["step"] == 5
     changed = False
     for i in range(len(ds)):
         item = ds[i]
         assert sorted(item["pool_ids"]) == sorted(before[i])  # same documents, new order
-        scores = score_pairs(
-            model, tokenizer, [(item["query"], t) for t in item["pool_texts"]], max_length=32
-        )
+        scores = score_pairs(model, [(item["query"], t) for t in item["pool_texts"]])
         assert np.all(np.diff(scores) <= 1e-6), "pool not sorted hardest (highest score) first"
         changed |= item["pool_ids"] != before[i]
     assert changed
-    with pytest.raises(HNTrainerError):
-        RemineCallback(ds, remine_steps=0)
 
 
 def test_remine_state_round_trips_through_a_checkpoint(tmp_path, tiny_bert_dir):
@@ -112,21 +105,27 @@ def test_remine_state_round_trips_through_a_checkpoint(tmp_path, tiny_bert_dir):
     remine = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, RemineCallback))
     trainer.train()
     assert [h["step"] for h in remine.history] == [2.0]  # not again after the last step
-    trained = trainer.train_dataset.pools
+    trained = trainer.pool.pools
     assert not np.array_equal(trained, make_dataset().pools)
     checkpoint = tmp_path / "out" / "checkpoint-2"
     assert (checkpoint / RemineCallback.STATE_FILE).exists()
+    # the step and history travel in the trainer state (ExportableState)
+    import json
 
-    # explicit load (what HardNegativeTrainer.train(resume_from_checkpoint=...) does)
+    saved = json.loads((checkpoint / "trainer_state.json").read_text())["stateful_callbacks"]["RemineCallback"]
+    assert saved["attributes"]["last_step"] == 2 and saved["args"]["remine_steps"] == 2
+
+    # explicit load
     fresh = make_dataset()
     callback = RemineCallback(fresh, remine_steps=2)
     assert callback.load_checkpoint(checkpoint)
-    assert np.array_equal(fresh.pools, trained) and callback.last_step == 2
-    # with a plain transformers.Trainer: on_train_begin finds the checkpoint of the restored step
-    fresh = make_dataset()
-    callback = RemineCallback(fresh, remine_steps=2)
-    callback.on_train_begin(args, TrainerState(global_step=2), TrainerControl())
     assert np.array_equal(fresh.pools, trained)
+    # a restored callback (built from its exported state, without a dataset) finds the collator's pools
+    restored = RemineCallback(**saved["args"])
+    fresh = make_dataset()
+    loader = type("Loader", (), {"collate_fn": type("Collator", (), {"pool": fresh})()})()
+    restored.on_train_begin(args, TrainerState(global_step=2), TrainerControl(), train_dataloader=loader)
+    assert restored.dataset is fresh and np.array_equal(fresh.pools, trained)
     # a checkpoint of other data is refused; a checkpoint without state leaves the pools alone
     other = HardNegativeDataset.from_rows(
         [
@@ -143,99 +142,16 @@ def test_remine_state_round_trips_through_a_checkpoint(tmp_path, tiny_bert_dir):
     with pytest.raises(HNTrainerError, match="does not fit"):
         RemineCallback(other, remine_steps=1).load_checkpoint(checkpoint)
     assert not RemineCallback(make_dataset(), remine_steps=1).load_checkpoint(tmp_path)
-
-
-def _candidates():
-    return {q: {d: 0.0 for d in DOCS} for q in QUERIES}
-
-
-def test_evaluation_metrics_reach_evaluate_with_the_eval_prefix(tmp_path, tiny_bert_dir):
-    evaluator = RerankingEvaluationCallback(_candidates(), QUERIES, DOCS, QRELS, batch_size=8)
-    args = make_args(
-        tmp_path,
-        eval_strategy="steps",
-        eval_steps=1,
-        metric_for_best_model="eval_mrr@10",
-        save_strategy="steps",
-        save_steps=1,
-        load_best_model_at_end=True,
-        save_total_limit=1,
-    )
-    trainer = HardNegativeTrainer(
-        str(tiny_bert_dir), args, train_dataset=make_dataset(), callbacks=[evaluator]
-    )
-    assert evaluator.max_length == 32  # the training max_length
-    metrics = trainer.evaluate()
-    for key in ("eval_mrr@3", "eval_mrr@10", "eval_ndcg@10", "eval_recall@10"):
-        assert key in metrics and 0.0 <= metrics[key] <= 1.0
-    # the values are those of reranking the candidates and scoring the run
-    run = rerank(
-        (trainer.model, trainer.processing_class),
-        _candidates(),
-        QUERIES,
-        DOCS,
-        max_length=32,
-        show_progress_bar=False,
-    )
-    expected = retrieval_metrics(run, QRELS)
-    assert metrics["eval_mrr@10"] == pytest.approx(expected["mrr@10"])
-    assert metrics["eval_ndcg@10"] == pytest.approx(expected["ndcg@10"])
-    # during training they are logged and drive best-model selection
-    trainer.train()
-    logged = [log for log in trainer.state.log_history if "eval_mrr@10" in log]
-    assert len(logged) == 2
-    assert trainer.state.best_metric == pytest.approx(max(log["eval_mrr@10"] for log in logged))
-
-
-def test_evaluation_with_an_eval_dataset_and_a_plain_trainer(tmp_path, tiny_bert_dir, reranker):
-    evaluator = RerankingEvaluationCallback(
-        _candidates(), QUERIES, DOCS, QRELS, name="dev", mrr_at=(10,), ndcg_at=(), recall_at=(5,)
-    )
-    trainer = HardNegativeTrainer(
-        str(tiny_bert_dir),
-        make_args(tmp_path),
-        train_dataset=make_dataset(),
-        eval_dataset=make_dataset(),
-        evaluator=evaluator,
-    )
-    metrics = trainer.evaluate()
-    assert {"eval_loss", "eval_dev_mrr@10", "eval_dev_recall@5"} <= set(metrics)
-    assert np.isfinite(metrics["eval_loss"])
-    # with transformers.Trainer, on_evaluate adds the metrics to the dict in place
-    model, tokenizer = reranker
-    metrics = {"eval_loss": 0.5}
-    evaluator.on_evaluate(
-        trainer.args,
-        TrainerState(),
-        TrainerControl(),
-        metrics=metrics,
-        model=model,
-        processing_class=tokenizer,
-    )
-    assert set(metrics) == {"eval_loss", "eval_dev_mrr@10", "eval_dev_recall@5"}
-    with pytest.raises(HNTrainerError, match="no evaluation query"):
-        RerankingEvaluationCallback({"qx": {"d0": 1.0}}, QUERIES, DOCS, QRELS)
-
-
-def test_evaluator_accepts_a_cross_encoder(tiny_bert_dir):
-    from sentence_transformers import CrossEncoder
-
-    evaluator = RerankingEvaluationCallback(_candidates(), QUERIES, DOCS, QRELS, max_length=32)
-    model = CrossEncoder(str(tiny_bert_dir), num_labels=1, device="cpu")
-    values = evaluator(model)
-    assert set(values) == {"mrr@3", "mrr@10", "ndcg@10", "recall@10"}
-    assert set(evaluator.last_run) == set(QUERIES) and all(
-        len(v) == len(DOCS) for v in evaluator.last_run.values()
-    )
-    assert torch.is_tensor(next(model.model.parameters()))
+    with pytest.raises(HNTrainerError):
+        RemineCallback(make_dataset(), remine_steps=0)
 
 
 DISTRIBUTED_SCRIPT = """
 import json, os, sys
 import numpy as np
 from hn_trainer.evaluation.reranking import score_pairs
-from hn_trainer.training import (HardNegativeDataset, HardNegativeTrainer, HardNegativeTrainingArguments,
-                                 RerankingEvaluationCallback)
+from hn_trainer.evaluation.evaluator import RerankingEvaluator
+from hn_trainer.training import HardNegativeDataset, HardNegativeTrainer, HardNegativeTrainingArguments
 
 tiny, out = sys.argv[1], sys.argv[2]
 docs = {f"d{i}": f"document {i} about cloud network mysql firewall traffic " + "x " * i for i in range(10)}
@@ -245,24 +161,31 @@ rows = [{"query_id": q, "query": queries[q], "positive_id": f"d{i}", "positive":
          "negative_ids": [f"d{(i + j) % 10}" for j in range(1, 5)],
          "negatives": [docs[f"d{(i + j) % 10}"] for j in range(1, 5)]} for i, q in enumerate(queries)]
 ds = HardNegativeDataset.from_rows(rows)
-evaluator = RerankingEvaluationCallback({q: {d: 0.0 for d in docs} for q in queries}, queries, docs, qrels)
+evaluator = RerankingEvaluator({q: {d: 0.0 for d in docs} for q in queries}, queries, docs, qrels)
 args = HardNegativeTrainingArguments(
     output_dir=out, use_cpu=True, per_device_train_batch_size=2, max_steps=2, remine_steps=2, report_to=[],
     save_strategy="no", disable_tqdm=True, seed=0, max_length=32, learning_rate=1e-3, num_negatives=2,
     loss="lce")
-trainer = HardNegativeTrainer(tiny, args, train_dataset=ds, callbacks=[evaluator])
+trainer = HardNegativeTrainer(tiny, args, train_dataset=ds, evaluator=evaluator)
 trainer.train()
 metrics = trainer.evaluate()
 rank = trainer.accelerator.process_index
 result = {"world": trainer.accelerator.num_processes, "pools": ds.pools.tolist(), "metrics": metrics}
 if rank == 0:
-    model, tok = trainer.model, trainer.processing_class
+    model = trainer.model
     result["sorted"] = [
-        bool(np.all(np.diff(score_pairs(model, tok, [(ds[i]["query"], t) for t in ds[i]["pool_texts"]],
-                                        max_length=32)) <= 1e-5))
+        bool(np.all(np.diff(score_pairs(model, [(ds[i]["query"], t) for t in ds[i]["pool_texts"]])) <= 1e-5))
         for i in range(len(ds))
     ]
-    result["single_process"] = evaluator(model, tok)
+if rank == 0:  # the same metrics from one process scoring everything itself
+    import torch
+    from hn_trainer.evaluation.metrics import retrieval_metrics
+    keys = [(q, d) for q in queries for d in docs]
+    scores = model.predict([(queries[q], docs[d]) for q, d in keys], activation_fn=torch.nn.Identity())
+    run = {q: {} for q in queries}
+    for (q, d), score in zip(keys, scores.tolist()):
+        run[q][d] = score
+    result["single_process"] = retrieval_metrics(run, qrels)
 with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
     json.dump(result, f)
 """

@@ -57,6 +57,14 @@ class LocalizedContrastiveLoss(st_losses.MultipleNegativesRankingLoss):
     def get_in_batch_negatives(self, anchors: list[str], candidates: list[list[str]]) -> Generator[list[str]]:
         return iter(())
 
+    def forward(self, inputs: list[list[str]], labels=None, prompt: str | None = None, task: str | None = None):
+        """One forward pass over every (query, candidate) pair of the batch (the host runs one per column,
+        which data-parallel training refuses: the same parameters would be marked ready twice)."""
+        anchors, columns = inputs[0], inputs[1:]
+        pairs = [(anchor, candidate) for column in columns for anchor, candidate in zip(anchors, column)]
+        logits = self.call_model_with_pairs(pairs, prompt=prompt, task=task)
+        return self.calculate_loss(list(logits.view(len(columns), len(anchors))), len(anchors))
+
     def get_config_dict(self) -> dict[str, float]:
         return {"temperature": 1.0 / self.scale}
 

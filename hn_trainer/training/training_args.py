@@ -76,6 +76,11 @@ class HardNegativeTrainingArguments(CrossEncoderTrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator reads the pair_index column."}
     )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "Passed to DistributedDataParallel. False: every parameter of a cross-encoder gets a "
+                  "gradient each step (with the host's default, two CPU processes fail: 'marked ready twice')."},
+    )
     restore_callback_states_from_checkpoint: bool = field(
         default=True,
         metadata={"help": "Restore callback state (re-mining step and history) when resuming from a checkpoint."},
