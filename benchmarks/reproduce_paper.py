@@ -11,7 +11,7 @@ Rows (``--list_rows`` prints them; ``--rows`` picks some):
 - ``first_stage``: the retriever's own ranking of its top ``K``.
 - ``base_cold``: the base reranker as loaded (offline: all-MiniLM-L6-v2's body with a fresh, seeded head).
 - ``base_warm``: the base after the title warm start, no supervised fine-tuning (the paper's "no fine-tuning"
-  baseline). The warm start (`hn_trainer.recipe.title_dataset`) uses no labels: title -> abstract
+  baseline). The warm start (`hn_trainer.recipe.title_pool`) uses no labels: title -> abstract
   pseudo-queries with negatives mined in the ensemble space; it runs once per seed and every warm row starts
   from the saved model.
 - ``positives_only``: the paper's "fine-tuning with positive documents only", read literally: the same pairs,
@@ -508,15 +508,51 @@ def digest(obj: Any, length: int = 12) -> str:
 
 @dataclass
 class Space:
-    """Vectors of one embedding space (`hn_trainer.recipe.Embeddings`) and how it was built."""
+    """Vectors of one embedding space and how it was built.
 
-    embeddings: Any
+    Attributes:
+        result: The `EnsembleEmbeddings` of the corpus and of ``query_ids`` (a PCA is fitted on both).
+        query_ids: The embedded queries, the rows of ``result.query_embeddings``.
+        encoders: Encoder specs, in concatenation order.
+        pca_variance: Variance the PCA keeps (``None``: concatenation only).
+    """
+
+    result: Any
+    query_ids: list[str]
     encoders: tuple[str, ...]
     pca_variance: float | None
+    queries: dict[str, np.ndarray] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.queries = dict(zip(self.query_ids, self.result.query_embeddings))
+
+    @property
+    def corpus(self) -> np.ndarray:
+        """``[n_documents, d]``, in corpus order."""
+        return self.result.corpus_embeddings
+
+    def query_vectors(self, ids: Sequence[str]) -> np.ndarray:
+        """``[len(ids), d]``: the vectors of `ids` (all embedded), in that order."""
+        return np.stack([self.queries[q] for q in ids])
+
+    def as_mined(self):
+        """The space as the recipe's stages read a mining run's vectors: a
+        `hn_trainer.mining.pipeline.MinedPairs` whose ``ensemble`` encodes new texts with the same PCA, with
+        ``corpus_embeddings``, and no mined pairs."""
+        from hn_trainer.mining.pipeline import MinedPairs
+
+        return MinedPairs(
+            dataset=None,
+            stats={},
+            query_ids=list(self.query_ids),
+            query_embeddings=self.result.query_embeddings,
+            corpus_embeddings=self.result.corpus_embeddings,
+            ensemble=self.result,
+        )
 
     @property
     def info(self) -> dict:
-        r = self.embeddings.result
+        r = self.result
         return {
             "encoders": list(self.encoders),
             "pca_variance": self.pca_variance,
@@ -705,17 +741,34 @@ class Benchmark:
             embedding_batch_size=self.s.embedding_batch_size,
             mining_device=self.device,
             positive_aware_ratio=self.s.positive_aware_ratio,
+            pool_size=self.s.pool_size,
+            keep_pairs_without_negatives=True,
         )
 
     def space(self, encoders: Sequence[str], pca_variance: float | None) -> Space:
-        """Vectors of the corpus and the training + validation queries (memoised; encoders cache per text)."""
-        from hn_trainer import recipe
+        """Vectors of the corpus and the training + validation queries (memoised; encoders cache per text).
+
+        One space serves mining, the encoder selection on the validation queries and the warm start, so
+        its PCA is fitted on the corpus and the queries of ``embed_ids`` (the training and validation
+        queries, plus the test queries for the ensemble first stage).
+        """
+        from hn_trainer.embeddings import build_ensemble_embeddings
 
         key = (tuple(encoders), pca_variance)
         if key not in self._spaces:
             t0 = time.perf_counter()
-            emb = recipe.embed(self.data, self.mining_arguments(encoders, pca_variance), self.embed_ids)
-            self._spaces[key] = Space(emb, tuple(encoders), pca_variance)
+            args = self.mining_arguments(encoders, pca_variance)
+            index = self.data.query_index()
+            result = build_ensemble_embeddings(
+                self.data.corpus,
+                self.data.queries.select([index[q] for q in self.embed_ids]),
+                args.encoder_list,
+                pca_variance=args.pca_variance,
+                cache_dir=args.cache_dir,
+                batch_size=args.embedding_batch_size,
+                device=args.mining_device,
+            )
+            self._spaces[key] = Space(result, list(self.embed_ids), tuple(encoders), pca_variance)
             name = f"embed[{'+'.join(encoders)}|pca={pca_variance}]"
             self.seconds[name] = time.perf_counter() - t0
         return self._spaces[key]
@@ -729,7 +782,6 @@ class Benchmark:
         """Ensemble embeddings, first-stage candidates of test and validation queries, the best single encoder."""
         from hn_trainer import recipe
         from hn_trainer.evaluation import first_stage_candidates, retrieval_metrics
-        from hn_trainer.recipe import RecipeArguments
 
         s = self.s
         logger.info(
@@ -739,27 +791,21 @@ class Benchmark:
             ", ".join(s.encoder_list),
         )
         ours = self.space(s.encoder_list, 0.95)
-        recipe_args = RecipeArguments(
-            model_name_or_path=s.base_model,
+        eval_args = recipe.EvaluationArguments(
             first_stage=s.first_stage,
             first_stage_encoder=s.first_stage_encoder,
+            eval_candidates_k=s.k,
+            eval_batch_pairs=s.eval_batch_size,
         )
         t0 = time.perf_counter()
-        eval_args = argparse.Namespace(eval_candidates_k=s.k)
-        for split, ids in (("test", self.test_ids), ("val", self.val_ids)):
+        for split, qrels in (("test", self.test_qrels), ("val", self.val_qrels)):
             self.candidates[split] = recipe.first_stage_run(
-                self.data,
-                s.test_split if split == "test" else s.train_split,
-                recipe_args,
-                eval_args,
-                self.mining_arguments(s.encoder_list, 0.95),
-                ours.embeddings,
-                ids,
+                self.data, eval_args, self.mining_arguments(s.encoder_list, 0.95), ours.as_mined(), qrels
             )
         self.seconds["first_stage"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        def validation_retrieval(embeddings, kind: str) -> dict:
+        def validation_retrieval(space: Space, kind: str) -> dict:
             """Dense retrieval of the validation queries over the whole corpus in one space."""
             run = first_stage_candidates(
                 "dense",
@@ -768,15 +814,15 @@ class Benchmark:
                 self.doc_ids,
                 None,
                 k=s.k,
-                query_embeddings=np.stack([embeddings.queries[q] for q in self.val_ids]),
-                corpus_embeddings=embeddings.corpus,
+                query_embeddings=space.query_vectors(self.val_ids),
+                corpus_embeddings=space.corpus,
                 show_progress_bar=False,
             )
-            return {"kind": kind, "dim": embeddings.result.dim_pca, **retrieval_metrics(run, self.val_qrels)}
+            return {"kind": kind, "dim": space.result.dim_pca, **retrieval_metrics(run, self.val_qrels)}
 
         for spec in s.encoder_list:
-            self.encoder_report[spec] = validation_retrieval(self.space([spec], None).embeddings, encoder_kind(spec))
-        self.encoder_report["ensemble (PCA 95%)"] = validation_retrieval(ours.embeddings, "ensemble")
+            self.encoder_report[spec] = validation_retrieval(self.space([spec], None), encoder_kind(spec))
+        self.encoder_report["ensemble (PCA 95%)"] = validation_retrieval(ours, "ensemble")
         ranked = sorted(s.encoder_list, key=lambda e: -self.encoder_report[e][KEY_METRIC])
         self.best_single = ranked[0]
         st_ranked = [e for e in ranked if self.encoder_report[e]["kind"] == "st"]
@@ -810,15 +856,11 @@ class Benchmark:
             loss="bce",
             num_negatives=0 if no_hard else s.num_negatives,
             negative_strategy="hardest",
-            pool_size=s.pool_size,
             fill_random_negatives=not no_hard,
             in_batch_negatives=negatives == "in_batch",
             max_length=s.max_length,
             remine_steps=s.remine_steps if row is not None and row.remine else 0,
             remine_batch_size=s.eval_batch_size,
-            keep_pairs_without_negatives=True,
-            eval_candidates_k=s.k,
-            eval_batch_pairs=s.eval_batch_size,
             save_strategy="no",
             eval_strategy="no",
             report_to="none",
@@ -835,7 +877,7 @@ class Benchmark:
     def warm_model(self, seed: int) -> Path:
         """The base model after the title warm start of `seed`, trained once and cached on disk."""
         from hn_trainer.recipe import RecipeArguments
-        from hn_trainer.training import HardNegativeTrainer, save_reranker
+        from hn_trainer.training import HardNegativeTrainer
 
         s = self.s
         ident = self.warm_identity(seed)
@@ -863,9 +905,7 @@ class Benchmark:
         trainer = HardNegativeTrainer(s.base_model, args, train_dataset=titles)
         output = trainer.train()
         with atomic_path(path) as tmp:
-            save_reranker(
-                trainer.model, trainer.processing_class, tmp, activation="sigmoid", max_length=s.max_length
-            )
+            trainer.model.save_pretrained(str(tmp))  # BCE: CrossEncoder(tmp) scores with a sigmoid
             info = {
                 "seed": seed,
                 "steps": s.warm_start_steps,
@@ -884,12 +924,13 @@ class Benchmark:
         return path
 
     def title_dataset(self, args, recipe_args, space: Space):
-        """The recipe's title pseudo-queries (`hn_trainer.recipe.title_dataset`): each title a query for its
-        abstract, negatives mined in the ensemble space (``RecipeArguments.warm_start_negatives``)."""
+        """The recipe's title pseudo-queries (`hn_trainer.recipe.title_pool`): each title a query for its
+        abstract, ``pool_size`` negatives mined in the ensemble space
+        (``RecipeArguments.warm_start_negatives``)."""
         from hn_trainer import recipe
 
         mining_args = self.mining_arguments(self.s.encoder_list, 0.95)
-        titles = recipe.title_dataset(self.data, mining_args, args, recipe_args, space.embeddings)
+        titles = recipe.title_pool(self.data, mining_args, args, recipe_args, space.as_mined())
         if titles.stats.get("pairs_dropped"):
             logger.warning(
                 "the warm start dropped %d title pairs without a negative", titles.stats["pairs_dropped"]
@@ -897,64 +938,52 @@ class Benchmark:
         return titles
 
     def load_model(self, row: Row, seed: int):
-        """The (model, tokenizer) of a base row, on the device; a cold head is seeded like the trainer's."""
+        """The `CrossEncoder` of a base row, on the device; a cold head is seeded like the trainer's."""
         from transformers import set_seed
 
         from hn_trainer.training import load_reranker
 
         set_seed(seed)
         source = str(self.warm_model(seed)) if row.warm else self.s.base_model
-        model, tokenizer = load_reranker(source, max_length=self.s.max_length)
-        return model.to(self.device), tokenizer
+        return load_reranker(source, max_length=self.s.max_length, device=self.device)
 
     # ----- training data --------------------------------------------------------------------------------------
 
     def row_dataset(self, row: Row, seed: int):
-        """The `HardNegativeDataset` of the training pairs with this row's negatives (pools of ``pool_size``)."""
+        """The `HardNegativeDataset` of the training pairs with this row's negatives (pools of ``pool_size``).
+
+        Mined by `hn_trainer.mining.pipeline.mine_pairs_from_embeddings` in the row's space (dense samplers)
+        or on the texts (random, BM25), every judged document excluded; pairs without a negative are kept.
+        """
+        from hn_trainer.mining.pipeline import (
+            configured_sampler,
+            mine_pairs_from_embeddings,
+            sampler_settings,
+        )
         from hn_trainer.training import HardNegativeDataset
 
-        s = self.s
-        texts = [self.query_text[q] for q in self.train_ids]
-        common = {
-            "pool_size": s.pool_size,
-            "metric": "cosine",
-            "positives": self.positives,
-            "keep_empty": True,
-            "device": self.device,
-        }
         if row.negatives == "st_mine":
             return self.st_dataset(seed)
-        if row.negatives in ("dual_condition", "dense_topk", "positive_aware"):
-            space = self.row_space(row).embeddings
-            vectors = np.stack([space.queries[q] for q in self.train_ids])
-            return HardNegativeDataset.from_embeddings(
-                self.train_ids,
-                texts,
-                self.doc_ids,
-                self.doc_texts,
-                self.train_pairs,
-                vectors,
-                space.corpus,
-                sampler=None if row.negatives == "dual_condition" else row.negatives,
-                conditions=row.conditions,
-                sampler_kwargs={"perc": s.positive_aware_ratio}
-                if row.negatives == "positive_aware"
-                else None,
-                **common,
-            )
+        dense = row.negatives in ("dual_condition", "dense_topk", "positive_aware")
         # random / bm25; positives_only and in_batch use no pool, a random one keeps the dataset's shape
-        sampler = "bm25" if row.negatives == "bm25" else "random"
-        return HardNegativeDataset.from_embeddings(
+        name = row.negatives if dense else "bm25" if row.negatives == "bm25" else "random"
+        mining_args = self.mining_arguments(self.s.encoder_list, row.pca_variance, row.conditions)
+        sampler = configured_sampler(name, {**sampler_settings(mining_args), "seed": seed})
+        space = self.row_space(row) if dense else None
+        mined = mine_pairs_from_embeddings(
             self.train_ids,
-            texts,
+            [self.query_text[q] for q in self.train_ids],
             self.doc_ids,
             self.doc_texts,
             self.train_pairs,
-            None,
-            None,
+            None if space is None else space.query_vectors(self.train_ids),
+            None if space is None else space.corpus,
+            num_negatives=self.s.pool_size,
             sampler=sampler,
-            sampler_kwargs={"seed": seed} if sampler == "random" else None,
-            **common,
+            positives=self.positives,
+        )
+        return HardNegativeDataset.from_mined(
+            mined, keep_empty=True, positives=self.positives, corpus=(self.doc_ids, self.doc_texts)
         )
 
     def st_dataset(self, seed: int):
@@ -1027,7 +1056,7 @@ class Benchmark:
         and order its ``cache_folder`` reads, so the corpus is not encoded twice. Returns whether it did; if
         the naming ever differs, sentence-transformers simply encodes the texts itself."""
         try:
-            space = self.space([self.best_st], None).embeddings
+            space = self.space([self.best_st], None)
             name = model.model_card_data.base_model or ""
             unique_queries = list(dict.fromkeys(queries))
             corpus = list(dict.fromkeys(list(self.doc_texts) + positives))
@@ -1060,18 +1089,18 @@ class Benchmark:
 
     # ----- running rows ---------------------------------------------------------------------------------------
 
-    def evaluate(self, model, tokenizer) -> tuple[dict, dict]:
-        """Reranker scores of the validation and test candidates (one scoring pass)."""
+    def evaluate(self, model) -> tuple[dict, dict]:
+        """Reranker logits (a `CrossEncoder`, truncating at its ``max_seq_length``) of the validation and test
+        candidates, in one scoring pass."""
         from hn_trainer.evaluation import rerank
 
         merged = {**self.candidates["val"], **self.candidates["test"]}
         run = rerank(
-            (model, tokenizer),
+            model,
             merged,
             self.query_text,
             self.doc_text,
             batch_size=self.s.eval_batch_size,
-            max_length=self.s.max_length,
             show_progress_bar=True,
         )
         return ({q: run[q] for q in self.candidates["val"]}, {q: run[q] for q in self.candidates["test"]})
@@ -1119,7 +1148,7 @@ class Benchmark:
             self.warm_model(seed)  # outside the row's timing: shared by every warm row of the seed
             t0 = time.perf_counter()
         if row.kind == "base":
-            model, tokenizer = self.load_model(row, seed)
+            model = self.load_model(row, seed)
         else:
             t = time.perf_counter()
             dataset = self.row_dataset(row, seed)
@@ -1146,10 +1175,10 @@ class Benchmark:
                 "start": "warm" if row.warm else "base",
                 "remine_steps": args.remine_steps,
             }
-            model, tokenizer = trainer.model, trainer.processing_class
+            model = trainer.model
             del trainer
         t = time.perf_counter()
-        val_run, test_run = self.evaluate(model, tokenizer)
+        val_run, test_run = self.evaluate(model)
         seconds["evaluation"] = time.perf_counter() - t
         metrics, per_query, weight, val = self.score(val_run, test_run)
         self.save_scores(row, seed, key, val_run, test_run)
@@ -1213,12 +1242,15 @@ def rows_per_step(row: Row, s: Settings) -> int:
 def choose_fusion_weight(
     first_stage: Mapping, reranker: Mapping, qrels: Mapping, grid: Sequence[float]
 ) -> tuple[float, dict[str, float]]:
-    """The weight of `grid` with the highest MRR@10 of the fused run on `qrels`; ties go to the larger weight."""
+    """The weight of `grid` with the highest MRR@10 of the fused run on `qrels`, ties to the larger weight
+    (`hn_trainer.recipe.choose_fusion_weight`), and the MRR@10 of every weight of `grid` (for the report)."""
     from hn_trainer.evaluation import fuse_runs, retrieval_metrics
+    from hn_trainer.recipe import choose_fusion_weight as best_weight
 
-    scores = {w: retrieval_metrics(fuse_runs(first_stage, reranker, w), qrels)[KEY_METRIC] for w in grid}
-    best = max(sorted(scores, reverse=True), key=lambda w: scores[w])
-    return best, {f"{w:g}": v for w, v in scores.items()}
+    scores = {
+        f"{w:g}": retrieval_metrics(fuse_runs(first_stage, reranker, w), qrels)[KEY_METRIC] for w in grid
+    }
+    return best_weight(first_stage, reranker, qrels, grid), scores
 
 
 # ----- statistics ---------------------------------------------------------------------------------------------
