@@ -16,7 +16,8 @@ the same precision:
   ``query``/``document``/``label``, ``B`` rows per batch, a sequential batch sampler.
 * ``ours``: ``HardNegativeTrainer`` with ``loss="bce"``, ``num_negatives=1``,
   ``negative_strategy="hardest"`` on a `HardNegativeDataset` whose pool for each pair is that
-  one negative, ``B / 2`` pairs per batch (``B`` rows), a sequential sampler.
+  one negative, ``B / 2`` pairs per batch (``B`` rows), the same sequential batch sampler; its
+  collator turns each pair into the (query, positive, 1) and (query, negative, 0) rows.
 
 A run trains ``warmup + steps`` optimiser steps. The clock starts when step ``warmup`` ends and
 stops when step ``warmup + steps`` ends (``on_step_end`` of a trainer callback, after a CUDA
@@ -24,9 +25,10 @@ synchronise on GPU), so it covers data loading, picking negatives, tokenisation,
 backward and the optimiser step of ``steps`` steps, and leaves out model loading, data building
 and the first steps. A forward pre-hook on the transformers model records the shape and the real
 (non-padding) tokens of every batch; the timed batches must be identical for both trainers (same
-token counts and ids checksum), which is checked and reported. Before training, the tokenisation
-of both libraries is also compared on the first batch (``truncation="longest_first"`` at
-``max_length``, dynamic padding on both sides).
+token counts and ids checksum), which is checked and reported. Before training, the first batch
+is also tokenised both ways and compared: ST's rows with its model's ``preprocess``, ours as its
+loss does it, the collator's rows with its model's ``preprocess`` (``truncation="longest_first"``
+at ``max_length``, dynamic padding on both sides).
 
 Runs alternate in order to spread drift from other load on the machine: round 1 runs ST then
 ours, round 2 ours then ST, and so on. Before round 1 an untimed 1 + 1 step run takes the
@@ -291,6 +293,24 @@ def _common_args(settings: Settings, output_dir: str) -> dict[str, Any]:
     }
 
 
+def sequential_batches(dataset, batch_size, drop_last, **kwargs):
+    """The ``batch_sampler`` of both trainers: batches in dataset order."""
+    from torch.utils.data import SequentialSampler
+
+    try:
+        from sentence_transformers.base.sampler import DefaultBatchSampler
+    except ImportError:  # sentence-transformers before the base/ package
+        from sentence_transformers.sampler import DefaultBatchSampler
+
+    return DefaultBatchSampler(SequentialSampler(dataset), batch_size=batch_size, drop_last=drop_last)
+
+
+def transformers_model(cross_encoder):
+    """The transformers model inside a `CrossEncoder` (where `BatchRecorder` hooks its body)."""
+    body = cross_encoder[0]
+    return getattr(body, "model", None) or body.auto_model
+
+
 def build_st_trainer(settings: Settings, data: BenchmarkData, model_path: str, output_dir: str):
     """sentence-transformers' CrossEncoderTrainer with BinaryCrossEntropyLoss on the fixed rows."""
     import datasets
@@ -300,16 +320,7 @@ def build_st_trainer(settings: Settings, data: BenchmarkData, model_path: str, o
         CrossEncoderTrainingArguments,
     )
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
-    from torch.utils.data import SequentialSampler
     from transformers import set_seed
-
-    try:
-        from sentence_transformers.base.sampler import DefaultBatchSampler
-    except ImportError:  # sentence-transformers before the base/ package
-        from sentence_transformers.sampler import DefaultBatchSampler
-
-    def sequential_batches(dataset, batch_size, drop_last, **kwargs):
-        return DefaultBatchSampler(SequentialSampler(dataset), batch_size=batch_size, drop_last=drop_last)
 
     rows = data.rows()
     dataset = datasets.Dataset.from_dict(
@@ -331,26 +342,18 @@ def build_st_trainer(settings: Settings, data: BenchmarkData, model_path: str, o
     trainer = CrossEncoderTrainer(
         model=model, args=args, train_dataset=dataset, loss=BinaryCrossEntropyLoss(model)
     )
-    body = model[0]
-    return trainer, getattr(body, "model", None) or body.auto_model, model.tokenizer
+    return trainer, transformers_model(model), model.tokenizer
 
 
 def build_ours_trainer(settings: Settings, data: BenchmarkData, model_path: str, output_dir: str):
     """HardNegativeTrainer (BCE, one hardest negative from a one-document pool) on the same rows."""
     import numpy as np
-    from torch.utils.data import SequentialSampler
 
     from hn_trainer.training import (
         HardNegativeDataset,
         HardNegativeTrainer,
         HardNegativeTrainingArguments,
     )
-
-    class SequentialHardNegativeTrainer(HardNegativeTrainer):
-        """Reads the pairs in dataset order, like the sequential batch sampler given to ST."""
-
-        def _get_train_sampler(self, *args, **kwargs):
-            return SequentialSampler(self.train_dataset)
 
     dataset = HardNegativeDataset(
         data.query_ids,
@@ -366,13 +369,13 @@ def build_ours_trainer(settings: Settings, data: BenchmarkData, model_path: str,
         per_device_train_batch_size=settings.batch_pairs,
         loss="bce",
         num_negatives=1,
-        pool_size=1,
         negative_strategy="hardest",
         max_length=settings.max_length,
+        batch_sampler=sequential_batches,
         **_common_args(settings, output_dir),
     )
-    trainer = SequentialHardNegativeTrainer(model_path, args, train_dataset=dataset)
-    return trainer, trainer.model, trainer.processing_class
+    trainer = HardNegativeTrainer(model_path, args, train_dataset=dataset)
+    return trainer, transformers_model(trainer.model), trainer.model.tokenizer
 
 
 BUILDERS = {"st": build_st_trainer, "ours": build_ours_trainer}
@@ -471,7 +474,11 @@ def _profile_text(profiler: cProfile.Profile, method: str, seconds: float, setti
 
 
 def check_tokenization(settings: Settings, data: BenchmarkData, model_path: str) -> dict[str, Any]:
-    """Tokenise the first batch as each library does and compare (ids, mask, truncation)."""
+    """Tokenise the first batch as each trainer does and compare (rows, labels, ids, mask, truncation).
+
+    ST: its rows through its model's ``preprocess``. Ours: the rows `HardNegativeCollator` builds from the
+    pairs, through the ``preprocess`` of the model `load_reranker` gives, as `BinaryCrossEntropyLoss` does.
+    """
     import numpy as np
     import torch
     from sentence_transformers.cross_encoder import CrossEncoder
@@ -481,7 +488,8 @@ def check_tokenization(settings: Settings, data: BenchmarkData, model_path: str)
     cross_encoder = CrossEncoder(model_path, num_labels=1, max_length=settings.max_length, device="cpu")
     rows = data.rows()[: settings.batch_rows]
     st_features = cross_encoder.preprocess([(q, d) for q, d, _ in rows])
-    _, tokenizer = load_reranker(model_path, max_length=settings.max_length)
+    reranker = load_reranker(model_path, max_length=settings.max_length, device="cpu")
+    tokenizer = reranker.tokenizer
     dataset = HardNegativeDataset(
         data.query_ids,
         data.query_texts,
@@ -492,8 +500,16 @@ def check_tokenization(settings: Settings, data: BenchmarkData, model_path: str)
         np.asarray(data.pair_negatives[: settings.batch_pairs], dtype=np.int64).reshape(-1, 1),
         data.query_positives,
     )
-    collator = HardNegativeCollator(tokenizer, num_negatives=1, max_length=settings.max_length, loss="bce")
-    ours = collator([dataset[i] for i in range(len(dataset))])
+    collator = HardNegativeCollator(
+        preprocess_fn=reranker.preprocess,
+        pool=dataset,
+        layout="pair",
+        num_negatives=1,
+        strategy="hardest",
+        seed=settings.seed,
+    )
+    batch = collator([{"pair_index": i} for i in range(len(dataset))])
+    ours = reranker.preprocess(list(zip(batch["query"], batch["document"])))
     same_shape = ours["input_ids"].shape == st_features["input_ids"].shape
     same = same_shape and all(
         torch.equal(ours[k], st_features[k]) for k in ("input_ids", "attention_mask", "token_type_ids")
@@ -502,7 +518,7 @@ def check_tokenization(settings: Settings, data: BenchmarkData, model_path: str)
     untruncated = tokenizer(
         [q for q, _, _ in rows], [d for _, d, _ in rows], truncation=False, padding=False
     )["input_ids"]
-    labels_equal = ours["labels"].tolist() == [r[2] for r in rows]
+    labels_equal = batch["label"].tolist() == [r[2] for r in rows]
     result = {
         "identical": bool(same and labels_equal),
         "ours_shape": list(ours["input_ids"].shape),
@@ -512,7 +528,7 @@ def check_tokenization(settings: Settings, data: BenchmarkData, model_path: str)
         "pairs_over_max_length": sum(len(ids) > settings.max_length for ids in untruncated),
         "pairs_checked": len(rows),
     }
-    del cross_encoder
+    del cross_encoder, reranker
     gc.collect()
     return result
 
