@@ -9,14 +9,15 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_SENTENCES
+
 from hn_trainer.errors import ConfigError, DataError
-from hn_trainer.evaluation.reranking import fuse_runs, rerank, rerank_shard, score_pairs, shard_bounds
+from hn_trainer.evaluation.reranking import fuse_runs, rerank, score_pairs, shard_bounds
 
 QUERIES = {"q0": "how do i deploy mysql in the cloud", "q1": "what is a vcn", "q2": "what does a waf filter"}
 DOCS = {f"d{i}": text for i, text in enumerate(TINY_SENTENCES)}
@@ -58,44 +59,57 @@ def _pairs(run):
     return keys, [(QUERIES[q], DOCS[d]) for q, d in keys]
 
 
-def test_rerank_equals_cross_encoder_logits(cross_encoder):
+def _hf_logits(model, tokenizer, pairs):
+    """Logits of the plain transformers model, one pair at a time (no padding)."""
+    with torch.inference_mode():
+        return [model(**tokenizer(q, d, return_tensors="pt")).logits.item() for q, d in pairs]
+
+
+def test_rerank_equals_cross_encoder_logits(cross_encoder, reranker_dir):
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     run = rerank(cross_encoder, CANDIDATES, QUERIES, DOCS, batch_size=4, show_progress_bar=False)
     keys, pairs = _pairs(CANDIDATES)
     logits = cross_encoder.predict(pairs, activation_fn=torch.nn.Identity(), show_progress_bar=False)
     ours = np.array([run[q][d] for q, d in keys])
     np.testing.assert_allclose(ours, logits, rtol=1e-5, atol=1e-5)
     assert {q: set(d) for q, d in run.items()} == {q: set(d) for q, d in CANDIDATES.items()}
+    assert [list(d) for d in run.values()] == [list(d) for d in CANDIDATES.values()]  # the run's order
     # predict's default activation for one label is a sigmoid over these logits
     probs = cross_encoder.predict(pairs, show_progress_bar=False)
     np.testing.assert_allclose(1 / (1 + np.exp(-ours)), probs, atol=1e-5)
-    # the plain (model, tokenizer) pair gives the same run
-    pair_run = rerank(
-        (cross_encoder.model, cross_encoder.tokenizer),
-        CANDIDATES,
-        QUERIES,
-        DOCS,
-        max_length=cross_encoder.max_seq_length,
-        show_progress_bar=False,
+    # a CrossEncoder over a plain transformers checkpoint gives that model's logits
+    folder_run = rerank(CrossEncoder(str(reranker_dir), device="cpu"), CANDIDATES, QUERIES, DOCS)
+    expected = _hf_logits(
+        AutoModelForSequenceClassification.from_pretrained(str(reranker_dir)),
+        AutoTokenizer.from_pretrained(str(reranker_dir)),
+        pairs,
     )
-    for q, d in keys:
-        assert pair_run[q][d] == pytest.approx(run[q][d], abs=1e-5)
+    for (q, d), logit in zip(keys, expected):
+        assert folder_run[q][d] == pytest.approx(logit, rel=1e-5, abs=1e-4)
 
 
 def test_score_pairs_batching_does_not_change_scores(reranker_dir):
+    from sentence_transformers import CrossEncoder
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(reranker_dir))
-    tokenizer = AutoTokenizer.from_pretrained(str(reranker_dir))
+    model = CrossEncoder(str(reranker_dir), device="cpu")
     _, pairs = _pairs(CANDIDATES)
-    batched = score_pairs(model, tokenizer, pairs, batch_size=5)
-    with torch.inference_mode():
-        one_by_one = [model(**tokenizer(q, d, return_tensors="pt")).logits.item() for q, d in pairs]
+    batched = score_pairs(model, pairs, batch_size=5)
+    one_by_one = _hf_logits(
+        AutoModelForSequenceClassification.from_pretrained(str(reranker_dir)),
+        AutoTokenizer.from_pretrained(str(reranker_dir)),
+        pairs,
+    )
     assert batched.dtype == np.float32 and batched.shape == (len(pairs),)
-    np.testing.assert_allclose(batched, one_by_one, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(score_pairs(model, pairs, batch_size=1), batched, rtol=1e-5, atol=1e-4)
     assert np.std(batched) > 0.01  # distinct pairs get distinct scores
+    assert score_pairs(model, []).shape == (0,)
 
 
-@pytest.mark.parametrize("n", range(0, 9))
+@pytest.mark.parametrize("n", range(9))
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
 def test_shard_bounds_partition(n, world_size):
     bounds = [shard_bounds(n, r, world_size) for r in range(world_size)]
@@ -105,34 +119,83 @@ def test_shard_bounds_partition(n, world_size):
     assert max(sizes) - min(sizes) <= 1
 
 
+class FakeState(SimpleNamespace):
+    """`PartialState`'s shard arithmetic for rank ``process_index`` of ``num_processes``, without a group."""
+
+    def split_between_processes(self, inputs, apply_padding=False):
+        from accelerate import PartialState
+
+        return PartialState.split_between_processes(self, inputs, apply_padding)
+
+
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_shards_concatenate_to_single_process(cross_encoder, world_size):
-    single = rerank_shard(cross_encoder, CANDIDATES, QUERIES, DOCS, rank=0, world_size=1)
-    shards = [
-        rerank_shard(cross_encoder, CANDIDATES, QUERIES, DOCS, rank=r, world_size=world_size, batch_size=2)
-        for r in range(world_size)
-    ]
-    assert all(shards) and sum(len(s) for s in shards) == len(single) == 12
+def test_shards_concatenate_to_single_process(cross_encoder, world_size, monkeypatch):
+    import accelerate.utils
+
+    _, pairs = _pairs(CANDIDATES)
+    single = score_pairs(cross_encoder, pairs)
+    # what each rank scores: its contiguous split_between_processes shard
+    shards = []
+    for rank in range(world_size):
+        with FakeState(num_processes=world_size, process_index=rank).split_between_processes(pairs) as shard:
+            shards.append(score_pairs(cross_encoder, shard, batch_size=2))
+    assert all(len(s) for s in shards) and sum(len(s) for s in shards) == len(single) == 12
     # other batch compositions pad differently: float32 logits may differ in the last bits (|logit| ~ 40 here)
     np.testing.assert_allclose(np.concatenate(shards), single, rtol=1e-5, atol=1e-5)
 
+    # every rank hands its shard to one gather and gets every score back, in input order
+    gathered = []
+
+    def fake_gather(local):
+        gathered.append(local)
+        return [x for shard in shards for x in shard.tolist()]
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", fake_gather)
+    for rank in range(world_size):
+        state = FakeState(num_processes=world_size, process_index=rank, is_main_process=rank == 0)
+        got = score_pairs(cross_encoder, pairs, batch_size=2, state=state)
+        np.testing.assert_allclose(got, single, rtol=1e-5, atol=1e-5)
+        assert len(gathered) == rank + 1
+        np.testing.assert_allclose(gathered[-1], shards[rank], rtol=1e-6, atol=1e-6)
+
+
+def test_scoring_inside_the_host_distributed_evaluation_issues_no_gather(cross_encoder, monkeypatch):
+    """Inside CrossEncoderTrainer.evaluate rank 0 alone runs evaluators; predict shards through the host."""
+    import accelerate.utils
+
+    _, pairs = _pairs(CANDIDATES)
+    single = score_pairs(cross_encoder, pairs)
+    calls = []
+
+    def host_inference(inputs, **kwargs):
+        calls.append(len(inputs))
+        return cross_encoder._inference(inputs, **kwargs)
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda obj: pytest.fail("gathered twice"))
+    monkeypatch.setattr(cross_encoder, "_distributed_inference", host_inference)
+    got = score_pairs(
+        cross_encoder, pairs, state=FakeState(num_processes=2, process_index=0, is_main_process=True)
+    )
+    assert calls == [len(pairs)]
+    np.testing.assert_allclose(got, single, rtol=1e-5, atol=1e-5)
+
 
 def test_missing_text_and_multi_label_model(cross_encoder, tiny_bert_dir):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from sentence_transformers import CrossEncoder
 
     with pytest.raises(DataError, match="q0/d99"):
         rerank(cross_encoder, {"q0": {"d99": 1.0}}, QUERIES, DOCS, show_progress_bar=False)
-    two = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert_dir), num_labels=2)
+    two = CrossEncoder(str(tiny_bert_dir), num_labels=2, device="cpu")
     with pytest.raises(ConfigError, match="one output"):
-        rerank(
-            (two, AutoTokenizer.from_pretrained(str(tiny_bert_dir))),
-            CANDIDATES,
-            QUERIES,
-            DOCS,
-            show_progress_bar=False,
-        )
-    with pytest.raises(ConfigError):
+        rerank(two, CANDIDATES, QUERIES, DOCS, show_progress_bar=False)
+    with pytest.raises(ConfigError, match="one output"):
+        score_pairs(two, [("q", "d")])
+    with pytest.raises(ConfigError, match="CrossEncoder"):
         rerank(object(), CANDIDATES, QUERIES, DOCS)
+    with pytest.raises(
+        ConfigError, match="pairs are not accepted"
+    ):  # (model, tokenizer) is no longer a model
+        rerank((cross_encoder.model, cross_encoder.tokenizer), CANDIDATES, QUERIES, DOCS)
 
 
 def test_fuse_runs_hand_example():
@@ -152,14 +215,14 @@ def test_fuse_runs_hand_example():
 WORKER = """
 import json, sys
 from accelerate import PartialState
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from sentence_transformers import CrossEncoder
 from hn_trainer.evaluation.reranking import rerank
 
 model_dir, out_dir, payload = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 state = PartialState(cpu=True)
-model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-run = rerank((model, AutoTokenizer.from_pretrained(model_dir)), payload["candidates"], payload["queries"],
-             payload["docs"], batch_size=2, show_progress_bar=False, accelerator_state=state)
+model = CrossEncoder(model_dir, device="cpu")
+run = rerank(model, payload["candidates"], payload["queries"], payload["docs"], batch_size=1,
+             show_progress_bar=False, state=state)
 with open(f"{out_dir}/rank{state.process_index}.json", "w") as f:
     json.dump({"world": state.num_processes, "run": run}, f)
 """
@@ -167,7 +230,7 @@ with open(f"{out_dir}/rank{state.process_index}.json", "w") as f:
 
 @pytest.mark.slow
 def test_two_processes_give_every_rank_the_single_process_run(reranker_dir, tmp_path):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from sentence_transformers import CrossEncoder
 
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(WORKER))
@@ -188,17 +251,16 @@ def test_two_processes_give_every_rank_the_single_process_run(reranker_dir, tmp_
         str(tmp_path),
         payload,
     ]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    model = AutoModelForSequenceClassification.from_pretrained(str(reranker_dir))
-    expected = rerank(
-        (model, AutoTokenizer.from_pretrained(str(reranker_dir))),
-        CANDIDATES,
-        QUERIES,
-        DOCS,
-        show_progress_bar=False,
-    )
+    # one pair per forward pass on both sides: no padding, so the shards compute exactly what one process does
+    expected = rerank(CrossEncoder(str(reranker_dir), device="cpu"), CANDIDATES, QUERIES, DOCS, batch_size=1)
     for rank in (0, 1):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got["world"] == 2

@@ -11,20 +11,28 @@ from hn_trainer.evaluation.metrics import (
     rank_documents,
     retrieval_metrics,
 )
-from hn_trainer.evaluation.reranking import fuse_runs, rerank, rerank_shard, score_pairs, shard_bounds
+from hn_trainer.evaluation.reranking import (
+    check_cross_encoder,
+    flatten_run,
+    fuse_runs,
+    rerank,
+    score_pairs,
+    shard_bounds,
+)
 
 __all__ = [
     "FIRST_STAGE_METHODS",
     "PairedTestResult",
+    "check_cross_encoder",
     "dense_topk",
     "first_stage_candidates",
+    "flatten_run",
     "fuse_runs",
     "load_retrieval_metric",
     "paired_test",
     "per_query_metrics",
     "rank_documents",
     "rerank",
-    "rerank_shard",
     "retrieval_metrics",
     "score_pairs",
     "shard_bounds",

@@ -1,8 +1,9 @@
-"""Rerank first-stage candidate lists with a cross-encoder, optionally sharded across processes.
+"""Rerank first-stage candidate lists with a `sentence_transformers.CrossEncoder`, sharded across processes.
 
-With several processes (an `accelerate.PartialState` or `Accelerator`), the flattened (query, document)
-pairs are cut into one contiguous shard per rank, each rank scores its shard, and one `gather_object` hands
-every rank the full run, identical to a single-process run.
+Scores are ``CrossEncoder.predict`` logits (``activation_fn=torch.nn.Identity()``), so that `fuse_runs`
+standardises logits rather than squashed probabilities. With several processes (an `accelerate.PartialState`
+or `Accelerator`), `score_pairs` gives each rank one contiguous shard of the pairs and a single
+``gather_object`` hands every rank all the scores in input order, identical to a one-process run.
 """
 
 from __future__ import annotations
@@ -13,69 +14,88 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from sentence_transformers import CrossEncoder
 
 from hn_trainer.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_cross_encoder(model: Any) -> tuple[torch.nn.Module, Any, int | None]:
-    """``(classification model, tokenizer, max_length)`` of a `CrossEncoder` or a (model, tokenizer) pair."""
-    if isinstance(model, (tuple, list)):
-        hf_model, tokenizer = model
-        return hf_model, tokenizer, None
-    if hasattr(model, "model") and hasattr(model, "tokenizer"):  # sentence_transformers.CrossEncoder
-        return model.model, model.tokenizer, getattr(model, "max_seq_length", None)
-    raise ConfigError(f"expected a CrossEncoder or a (model, tokenizer) pair, got {type(model).__name__}")
+def check_cross_encoder(model: Any) -> CrossEncoder:
+    """``model`` itself if it is a `CrossEncoder` with one output (``num_labels=1``), else `ConfigError`."""
+    if not isinstance(model, CrossEncoder):
+        raise ConfigError(
+            f"expected a sentence_transformers.CrossEncoder, got {type(model).__name__} (load one with "
+            "CrossEncoder(path_or_id, num_labels=1); (model, tokenizer) pairs are not accepted)"
+        )
+    if model.num_labels != 1:
+        raise ConfigError(
+            f"the reranker must have one output (num_labels=1), got num_labels={model.num_labels}"
+        )
+    return model
 
 
-@torch.inference_mode()
+def _predict(model: CrossEncoder, pairs: list, batch_size: int, show_progress_bar: bool) -> np.ndarray:
+    if not pairs:
+        return np.empty(0, dtype=np.float32)
+    scores = model.predict(
+        pairs,
+        batch_size=batch_size,
+        show_progress_bar=show_progress_bar,
+        activation_fn=torch.nn.Identity(),
+        convert_to_numpy=True,
+    )
+    return np.asarray(scores, dtype=np.float32).reshape(-1)
+
+
 def score_pairs(
-    model: torch.nn.Module,
-    tokenizer: Any,
+    model: CrossEncoder,
     pairs: Sequence[tuple[str, str]],
-    batch_size: int = 32,
-    max_length: int | None = None,
     *,
+    batch_size: int = 64,
     show_progress_bar: bool = False,
+    state: Any = None,
 ) -> np.ndarray:
-    """Raw logits of a single-output sequence-classification model on (query, document) pairs.
+    """Raw logits of a one-output `CrossEncoder` on (query, document) pairs, optionally over processes.
 
-    Pairs are batched longest first (less padding) and the scores returned in input order. No activation is
-    applied: these equal ``CrossEncoder.predict(pairs, activation_fn=torch.nn.Identity())``.
+    With one process this is ``model.predict(pairs, activation_fn=torch.nn.Identity())``. When ``state`` has
+    several processes, every rank must call it with the same pairs: each scores its contiguous
+    ``state.split_between_processes`` shard and one ``accelerate.utils.gather_object`` returns every score,
+    in input order, on every rank. When only one rank runs the scoring while the others serve it (inside
+    ``CrossEncoderTrainer.evaluate``, whose ``distributed_evaluation`` makes ``predict`` shard by itself),
+    the plain ``predict`` is used and no collective is issued here.
 
     Args:
-        model: A transformers ``AutoModelForSequenceClassification`` with one label.
-        tokenizer: Its tokenizer.
+        model: A `CrossEncoder` with ``num_labels=1``, on this rank's device.
         pairs: ``(query, document)`` texts.
         batch_size: Pairs per forward pass.
-        max_length: Truncation length of a pair (default: the tokenizer's ``model_max_length``, at most 512).
-        show_progress_bar: Show a progress bar over batches.
+        show_progress_bar: Show a progress bar (the main process only, when sharded).
+        state: An `accelerate.PartialState` or `Accelerator`; ``None`` scores everything in this process.
 
     Returns:
         ``float32`` array of ``len(pairs)`` scores.
+
+    Raises:
+        ConfigError: ``model`` is not a one-output `CrossEncoder`.
     """
-    if max_length is None:
-        max_length = min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
-    model.eval()
-    device = next(model.parameters()).device
-    order = np.argsort([-(len(q) + len(d)) for q, d in pairs], kind="stable")
-    scores = np.empty(len(pairs), dtype=np.float32)
-    for start in tqdm(range(0, len(pairs), batch_size), desc="Reranking", disable=not show_progress_bar):
-        idx = order[start : start + batch_size]
-        features = tokenizer(
-            [pairs[i][0] for i in idx],
-            [pairs[i][1] for i in idx],
-            padding=True,
-            truncation="longest_first",
-            max_length=max_length,
-            return_tensors="pt",
-        ).to(device)
-        logits = model(**features).logits
-        if logits.ndim == 2 and logits.shape[-1] != 1:
-            raise ConfigError(f"the reranker must have one output (num_labels=1), got {logits.shape[-1]}")
-        scores[idx] = logits.reshape(-1).float().cpu().numpy()
+    check_cross_encoder(model)
+    pairs = [tuple(pair) for pair in pairs]
+    world_size = 1 if state is None else state.num_processes
+    if world_size == 1 or getattr(model, "_distributed_inference", None) is not None:
+        return _predict(model, pairs, batch_size, show_progress_bar)
+
+    from accelerate.utils import gather_object
+
+    with state.split_between_processes(pairs) as shard:
+        logger.debug(
+            "Scoring %d of %d pairs on rank %d of %d", len(shard), len(pairs), state.process_index, world_size
+        )
+        local = _predict(model, list(shard), batch_size, show_progress_bar and state.is_main_process)
+    scores = np.asarray(gather_object(local.tolist()), dtype=np.float32)
+    if scores.shape != (len(pairs),):
+        raise RuntimeError(
+            f"gathered {scores.shape[0]} scores for {len(pairs)} pairs; did every rank take part?"
+        )
     return scores
 
 
@@ -89,88 +109,48 @@ def flatten_run(candidates_run: Mapping[str, Mapping[str, float]]) -> list[tuple
     return [(qid, doc) for qid, docs in candidates_run.items() for doc in docs]
 
 
-def rerank_shard(
-    model: Any,
-    candidates_run: Mapping[str, Mapping[str, float]],
-    query_texts: Mapping[str, str],
-    doc_texts: Mapping[str, str],
-    *,
-    rank: int = 0,
-    world_size: int = 1,
-    batch_size: int = 32,
-    max_length: int | None = None,
-    show_progress_bar: bool = False,
-) -> list[float]:
-    """Scores of rank ``rank``'s contiguous shard of `flatten_run`; concatenated over ranks, every score."""
-    hf_model, tokenizer, model_max_length = resolve_cross_encoder(model)
-    keys = flatten_run(candidates_run)
-    start, end = shard_bounds(len(keys), rank, world_size)
-    pairs = []
-    for qid, doc in keys[start:end]:
-        if qid not in query_texts or doc not in doc_texts:
-            raise DataError("no text for this query or document of the candidate run", id=f"{qid}/{doc}")
-        pairs.append((query_texts[qid], doc_texts[doc]))
-    logger.info("Reranking %d of %d pairs on rank %d of %d", len(pairs), len(keys), rank, world_size)
-    scores = score_pairs(
-        hf_model,
-        tokenizer,
-        pairs,
-        batch_size,
-        max_length or model_max_length,
-        show_progress_bar=show_progress_bar,
-    )
-    return scores.tolist()
-
-
 def rerank(
-    model: Any,
+    model: CrossEncoder,
     candidates_run: Mapping[str, Mapping[str, float]],
     query_texts: Mapping[str, str],
     doc_texts: Mapping[str, str],
     *,
-    batch_size: int = 32,
-    max_length: int | None = None,
-    show_progress_bar: bool = True,
-    accelerator_state: Any = None,
+    batch_size: int = 64,
+    show_progress_bar: bool = False,
+    state: Any = None,
 ) -> dict[str, dict[str, float]]:
     """Score every (query, candidate) pair with a cross-encoder and return the reranked run.
 
     Args:
-        model: A sentence-transformers `CrossEncoder` (its ``max_seq_length`` is used) or a
-            ``(AutoModelForSequenceClassification, tokenizer)`` pair; one output label.
+        model: A `CrossEncoder` with ``num_labels=1`` (its ``max_seq_length`` truncates the pairs).
         candidates_run: First-stage run ``{query_id: {doc_id: score}}``; only its document ids are used.
         query_texts: ``{query_id: text}``.
         doc_texts: ``{doc_id: text}``.
         batch_size: Pairs per forward pass.
-        max_length: Truncation length (overrides the CrossEncoder's).
-        show_progress_bar: Show a progress bar (main process only).
-        accelerator_state: An `accelerate.PartialState` or `Accelerator`; with several processes each rank
-            moves the model to its device, scores one contiguous shard, and all ranks receive the full run.
+        show_progress_bar: Show a progress bar.
+        state: An `accelerate.PartialState` or `Accelerator`: with several processes every rank must call
+            this with the same run; each scores one shard and all receive the full run (see `score_pairs`).
 
     Returns:
         ``{query_id: {doc_id: raw logit}}`` with the queries and documents of ``candidates_run``.
-    """
-    rank, world_size = 0, 1
-    if accelerator_state is not None:
-        rank, world_size = accelerator_state.process_index, accelerator_state.num_processes
-        resolve_cross_encoder(model)[0].to(accelerator_state.device)
-    scores = rerank_shard(
-        model,
-        candidates_run,
-        query_texts,
-        doc_texts,
-        rank=rank,
-        world_size=world_size,
-        batch_size=batch_size,
-        max_length=max_length,
-        show_progress_bar=show_progress_bar and rank == 0,
-    )
-    if world_size > 1:
-        from accelerate.utils import gather_object
 
-        scores = gather_object(scores)
+    Raises:
+        ConfigError: ``model`` is not a one-output `CrossEncoder`.
+        DataError: A query or document of the run has no text.
+    """
+    check_cross_encoder(model)
+    keys = flatten_run(candidates_run)
+    pairs = []
+    for qid, doc in keys:
+        if qid not in query_texts or doc not in doc_texts:
+            raise DataError("no text for this query or document of the candidate run", id=f"{qid}/{doc}")
+        pairs.append((query_texts[qid], doc_texts[doc]))
+    logger.info("Reranking %d pairs of %d queries", len(pairs), len(candidates_run))
+    scores = score_pairs(
+        model, pairs, batch_size=batch_size, show_progress_bar=show_progress_bar, state=state
+    )
     run: dict[str, dict[str, float]] = {qid: {} for qid in candidates_run}
-    for (qid, doc), score in zip(flatten_run(candidates_run), scores, strict=True):
+    for (qid, doc), score in zip(keys, scores.tolist(), strict=True):
         run[qid][doc] = float(score)
     return run
 
