@@ -1,7 +1,8 @@
-"""Evaluation: first-stage candidates, cross-encoder reranking, and ranking metrics (MRR, nDCG, Recall)."""
+"""Evaluation: first-stage candidates, cross-encoder reranking, ranking metrics, `RerankingEvaluator`."""
 
 from __future__ import annotations
 
+from hn_trainer.evaluation.evaluator import RerankingEvaluator
 from hn_trainer.evaluation.first_stage import FIRST_STAGE_METHODS, dense_topk, first_stage_candidates
 from hn_trainer.evaluation.metrics import (
     PairedTestResult,
@@ -23,6 +24,7 @@ from hn_trainer.evaluation.reranking import (
 __all__ = [
     "FIRST_STAGE_METHODS",
     "PairedTestResult",
+    "RerankingEvaluator",
     "check_cross_encoder",
     "dense_topk",
     "first_stage_candidates",
