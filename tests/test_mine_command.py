@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from hn_trainer.cli import main
+from hn_trainer.errors import HNTrainerError
 
 
 def _mine(tmp_path, beir, encoders, *extra, cache=None):
@@ -15,6 +16,10 @@ def _mine(tmp_path, beir, encoders, *extra, cache=None):
     argv = ["mine", "--data", str(beir), "--encoders", encoders, "--output_dir", str(out),
             "--cache_dir", str(cache or tmp_path / "cache"), *extra]
     return main(argv), out
+
+
+def _rows(out):
+    return [json.loads(line) for line in (out / "triples.jsonl").read_text().splitlines()]
 
 
 def test_mine_writes_triples_stats_and_embeddings(tmp_path, tiny_beir, tiny_encoder_dir):
@@ -35,8 +40,16 @@ def test_mine_writes_triples_stats_and_embeddings(tmp_path, tiny_beir, tiny_enco
     import datasets
 
     table = datasets.load_from_disk(str(out / "triples"))
-    assert table.column_names == ["query_id", "query", "positive_id", "positive", "negative_ids", "negatives"]
+    assert table.column_names == [
+        "query_id", "query", "positive_id", "positive", "negative_ids", "negatives", "negative_distances"
+    ]
     assert table["negative_ids"] == [r["negative_ids"] for r in rows]
+    for r in rows:  # one distance per negative, hardest (closest) first
+        assert len(r["negative_distances"]) == len(r["negative_ids"])
+        assert r["negative_distances"] == sorted(r["negative_distances"])
+    from hn_trainer.io import is_complete, read_marker
+
+    assert is_complete(out) and read_marker(out)["pairs"] == stats["pairs"] == 4
 
     # The saved vectors are the ones the kernel used: re-mining them gives the same negatives.
     from hn_trainer.mining.kernel import dual_condition_mine
@@ -50,6 +63,84 @@ def test_mine_writes_triples_stats_and_embeddings(tmp_path, tiny_beir, tiny_enco
     result = dual_condition_mine(q, c, pairs, [[p] for p in pairs[:, 1]], k=3)
     again = [[c_ids[i] for i in row if i >= 0] for row in result.indices.tolist()]
     assert again == [r["negative_ids"] for r in rows]
+    pairs_out = zip(result.indices.tolist(), result.distances.tolist())
+    distances = [[x for i, x in zip(ir, xr) if i >= 0] for ir, xr in pairs_out]
+    assert [pytest.approx(d, abs=1e-5) for d in distances] == [r["negative_distances"] for r in rows]
+
+
+def test_num_negatives_defaults_to_the_pool_size(tmp_path, tiny_beir):
+    rc, out = _mine(tmp_path, tiny_beir, "lsa:8", "--method", "random", "--pool_size", "3")
+    assert rc == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["num_negatives"] == 3
+    assert [len(r["negative_ids"]) for r in _rows(out)] == [3] * 4
+    # an explicit --num_negatives wins over the pool size
+    rc, out = _mine(tmp_path, tiny_beir, "lsa:8", "--method", "random", "--pool_size", "3",
+                    "--num_negatives", "1")
+    assert rc == 0
+    assert json.loads((out / "stats.json").read_text())["num_negatives"] == 1
+    assert all(len(r["negative_ids"]) == 1 for r in _rows(out))
+
+
+def test_remining_a_finished_folder_removes_its_marker_first(tmp_path, tiny_beir, monkeypatch):
+    from hn_trainer.io import is_complete
+    from hn_trainer.mining import pipeline
+
+    rc, out = _mine(tmp_path, tiny_beir, "lsa:8", "--method", "random", "--num_negatives", "2")
+    assert rc == 0 and is_complete(out)
+    first = (out / "triples.jsonl").read_text()
+
+    def crash(path, obj, **kwargs):
+        raise RuntimeError("disk full")
+
+    # a run that dies after writing the triples (while writing stats.json) leaves no COMPLETE marker
+    monkeypatch.setattr(pipeline, "write_json", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        _mine(tmp_path, tiny_beir, "lsa:8", "--method", "random", "--num_negatives", "3")
+    assert not (out / "COMPLETE").exists() and not is_complete(out)
+    assert (out / "triples.jsonl").read_text() != first
+    assert all(len(r["negative_ids"]) == 3 for r in _rows(out))  # the new triples were written,
+    assert json.loads((out / "stats.json").read_text())["num_negatives"] == 2  # the stats are the old run's
+
+
+def _train_args(tmp_path, beir, model, encoder, *extra):
+    return [
+        "--data", str(beir), "--encoders", f"{encoder},lsa:8", "--model_name_or_path", str(model),
+        "--first_stage_encoder", str(encoder), "--cache_dir", str(tmp_path / "cache"),
+        "--output_dir", str(tmp_path / "run"), "--max_steps", "3", "--per_device_train_batch_size", "2",
+        "--pool_size", "4", "--num_negatives", "2", "--keep_pairs_without_negatives", "true",
+        "--fill_random_negatives", "true", "--max_length", "64", "--eval_candidates_k", "5",
+        "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true", *extra,
+    ]
+
+
+def test_training_refuses_a_mined_folder_without_its_marker(
+    tmp_path, tiny_beir, tiny_bert_dir, tiny_encoder_dir, capsys
+):
+    from hn_trainer.config import DataArguments, MiningArguments
+    from hn_trainer.mining.pipeline import load_data
+    from hn_trainer.recipe import RecipeArguments, training_pool
+
+    rc, out = _mine(tmp_path, tiny_beir, "lsa:8", "--method", "random", "--num_negatives", "2")
+    assert rc == 0
+    data_args = DataArguments(data=str(tiny_beir))
+    mining_args = MiningArguments(encoders="lsa:8", keep_pairs_without_negatives=True)
+    data = load_data(data_args)
+    pool, mined = training_pool(data, data_args, mining_args, RecipeArguments(mined_dir=str(out)), None, None)
+    assert mined is None and len(pool) == 4
+    assert [pool[i]["pool_ids"] for i in range(4)] == [r["negative_ids"] for r in _rows(out)]
+    assert set(pool.doc_ids) == set(data.corpus["_id"])  # the whole corpus, for random negatives
+
+    (out / "COMPLETE").unlink()
+    with pytest.raises(HNTrainerError, match="COMPLETE"):
+        training_pool(data, data_args, mining_args, RecipeArguments(mined_dir=str(out)), None, None)
+    capsys.readouterr()
+    argv = _train_args(tmp_path, tiny_beir, tiny_bert_dir, tiny_encoder_dir, "--mined_dir", str(out))
+    rc = main(["train", *argv])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "COMPLETE" in err and str(out) in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "final").exists()
 
 
 @pytest.mark.parametrize("method", ["random", "bm25"])
@@ -72,7 +163,8 @@ def test_bad_input_exits_nonzero_with_location(tmp_path, tiny_beir, capsys):
     err = capsys.readouterr().err
     assert "corpus.jsonl:13" in err and "'d3'" in err and "duplicate id" in err
     assert "Traceback" not in err
-    assert not out.exists()
+    # the output folder is created (and checked writable) before the data is read, and left empty
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_bad_pca_variance_and_encoder(tmp_path, tiny_beir, capsys):
