@@ -1,0 +1,63 @@
+"""Resolving a spec to an encoder: local folders, well-known hub ids, and specs that cannot be loaded."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from embedding_helpers import make_corpus
+
+from hn_trainer.embeddings import (
+    KNOWN_MODELS,
+    SentenceTransformerEncoder,
+    build_ensemble_embeddings,
+    load_encoder,
+)
+from hn_trainer.errors import EncoderError
+
+
+@pytest.fixture
+def corpus():
+    return make_corpus()
+
+
+def test_local_folder_resolves_to_sentence_transformer(tiny_encoder_dir):
+    enc = load_encoder(str(tiny_encoder_dir), device="cpu")
+    assert isinstance(enc, SentenceTransformerEncoder)
+    assert enc.local_dir == Path(tiny_encoder_dir).resolve()
+    # the st: prefix means the same; the fingerprint is computed without loading the model
+    prefixed = load_encoder(f"st:{tiny_encoder_dir}", device="cpu")
+    assert prefixed.fingerprint == enc.fingerprint and enc._model is None
+    # settings enter the fingerprint
+    assert (
+        load_encoder(f"st:{tiny_encoder_dir}?max_seq_length=16", device="cpu").fingerprint != enc.fingerprint
+    )
+    assert (
+        load_encoder(f"st:{tiny_encoder_dir}?max_seq_length=16", device="cpu").fingerprint
+        == load_encoder(f"{tiny_encoder_dir}?max_seq_length=16", device="cpu").fingerprint
+    )
+
+
+def test_known_id_without_package_goes_to_the_hub(monkeypatch):
+    key = "sentence-transformers/all-minilm-l6-v2"
+    monkeypatch.setitem(KNOWN_MODELS, key, dataclasses.replace(KNOWN_MODELS[key], locate=lambda: None))
+    enc = load_encoder("sentence-transformers/all-MiniLM-L6-v2", device="cpu")
+    assert isinstance(enc, SentenceTransformerEncoder)
+    assert enc.local_dir is None and enc.model_ref == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "st:/no/such/folder",
+        "./no/such/folder",
+        "onnx:/no/such/model.onnx",
+        "no-such-org/no-such-model",
+        "not a hub id!",
+    ],
+)
+def test_unloadable_encoder_raises_encoder_error_naming_the_spec(spec, corpus, tmp_path):
+    with pytest.raises(EncoderError) as info:
+        build_ensemble_embeddings(corpus, None, [spec], cache_dir=tmp_path, device="cpu", show_progress=False)
+    assert repr(spec) in str(info.value)
