@@ -282,7 +282,8 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
 
     validation = evaluator("validation") if splits.validation else None
     test = evaluator("test")
-    card = HardNegativeModelCardData(model_id=train_args.hub_model_id, train_datasets=[{"name": data.name}])
+    card = HardNegativeModelCardData(model_id=train_args.hub_model_id, train_datasets=[{"name": data.name}],
+                                     base_model_name=recipe_args.model_name_or_path)
     label = "fine-tuned reranker" if do_train else f"reranker ({recipe_args.model_name_or_path})"
     if do_train:
         trainer = HardNegativeTrainer(recipe_args.model_name_or_path, train_args, train_dataset=pool,

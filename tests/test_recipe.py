@@ -32,7 +32,9 @@ def test_train_saves_a_crossencoder_with_card_and_results(tmp_path, tiny_beir, t
     run = tmp_path / "run"
     results = json.loads((run / "results.json").read_text())
     rows = results["rows"]
-    assert set(rows) == {"first stage (dense, top 5)", "base reranker", "fine-tuned reranker"}
+    assert set(rows) == {"first stage (dense, top 5)", "base reranker", "fine-tuned reranker", "fused"}
+    assert results["selection"]["validation"].startswith("1 training queries held out")
+    assert 0.0 <= results["fusion_weight"] <= 1.0
     for metrics in rows.values():
         assert set(metrics) >= {"mrr@3", "mrr@10", "ndcg@10"}
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
@@ -44,14 +46,18 @@ def test_train_saves_a_crossencoder_with_card_and_results(tmp_path, tiny_beir, t
     assert scores.shape == (1,)
     card = (run / "final" / "README.md").read_text()
     assert f"**Base model:** `{tiny_bert_dir}`" in card and "dual_condition" in card and "mrr@10" in card.lower()
+    assert 'CrossEncoder("run")' in card  # the usage snippet names the folder a user loads, not "final"
 
 
 def test_evaluate_command_scores_a_saved_model(tmp_path, tiny_beir, tiny_bert_dir, tiny_encoder_dir, capsys):
     rc = main(["evaluate", *_args(tmp_path, tiny_beir, tiny_bert_dir, tiny_encoder_dir)])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "base reranker" in out and "first stage (dense, top 5)" in out
+    # the row names the evaluated model; results.json is written as for training
+    assert f"reranker ({tiny_bert_dir})" in out and "first stage (dense, top 5)" in out
     assert not (tmp_path / "run" / "final").exists()
+    rows = json.loads((tmp_path / "run" / "results.json").read_text())["rows"]
+    assert set(rows) == {"first stage (dense, top 5)", f"reranker ({tiny_bert_dir})", "fused"}
 
 
 def test_unknown_config_field(tmp_path, capsys):

@@ -87,7 +87,7 @@ def score_pairs(
     from accelerate.utils import gather_object
 
     with state.split_between_processes(pairs) as shard:
-        logger.debug(
+        logger.info(
             "Scoring %d of %d pairs on rank %d of %d", len(shard), len(pairs), state.process_index, world_size
         )
         local = _predict(model, list(shard), batch_size, show_progress_bar and state.is_main_process)

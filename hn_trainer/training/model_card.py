@@ -153,6 +153,8 @@ class HardNegativeModelCardData(CrossEncoderModelCardData):
         eval_rows: ``{row name: {metric: value}}``, e.g. ``{"first stage": {...}, "fine-tuned": {...}}``.
         eval_description: What ``eval_rows`` were measured on (split, first stage, candidates per query).
         fusion_weight: Reranker weight of the score fusion with the first stage the results used, if any.
+        base_model_name: The base model as given (a hub id or a folder); shown when the host could not verify a
+            hub id for its own Base model line (offline, or a local folder).
 
     The other arguments (``model_id``, ``language``, ``license``, ``train_datasets``, ``tags``, ...) are
     those of `CrossEncoderModelCardData`; the ``hard-negatives`` and ``hn-trainer`` tags are always added.
@@ -173,6 +175,7 @@ class HardNegativeModelCardData(CrossEncoderModelCardData):
     eval_rows: dict[str, dict[str, float]] = field(default_factory=dict)
     eval_description: str | None = None
     fusion_weight: float | None = None
+    base_model_name: str | None = None
 
     template_path: Path = field(default_factory=card_template_path, init=False, repr=False)
 
@@ -264,6 +267,8 @@ class HardNegativeModelCardData(CrossEncoderModelCardData):
             ),
             "",
         ]
+        if self.base_model_name and not self.base_model:
+            lines += [f"**Base model:** `{self.base_model_name}`", ""]
         if scores := self._scores_line():
             lines += [scores, ""]
         lines += ["### Mining", "", settings_table(self.mining, MINING_LABELS), "", "### Results", ""]
