@@ -8,13 +8,11 @@ retrieve-then-rerank protocol. ``"dense"`` and ``"ensemble"`` both rank by cosin
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from hn_trainer.errors import ConfigError, DataError
 
@@ -104,44 +102,28 @@ def dense_topk(
     device: str | torch.device | None = None,
     show_progress_bar: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blockwise cosine top-k: ``(scores [n_q, k'], corpus indices [n_q, k'])``, ``k' = min(k, n_docs)``."""
-    device = torch.device(device or "cpu")
-    queries = torch.nn.functional.normalize(_float_tensor(query_embeddings), dim=-1)
-    corpus = torch.nn.functional.normalize(_float_tensor(corpus_embeddings), dim=-1)
+    """Blockwise cosine top-k: ``(scores [n_q, k'], corpus indices [n_q, k'])``, ``k' = min(k, n_docs)``.
+
+    The mining kernel's `streamed_topk` (one dense top-k for the package), in full precision, with the
+    cosine distances turned back into similarities.
+    """
+    from hn_trainer.mining.kernel import as_float_tensor, streamed_topk
+
+    queries, corpus = as_float_tensor(query_embeddings), as_float_tensor(corpus_embeddings)
     if queries.shape[-1] != corpus.shape[-1]:
         raise DataError(
             f"query and corpus embeddings differ in width: {queries.shape[-1]} vs {corpus.shape[-1]}"
         )
     k = min(k, corpus.shape[0])
-    all_scores, all_indices = [], []
-    starts = range(0, queries.shape[0], query_block_size)
-    for q0 in tqdm(starts, desc="Dense top-k", disable=not show_progress_bar):
-        q = queries[q0 : q0 + query_block_size].to(device)
-        best_s = torch.full((q.shape[0], 0), float("-inf"), device=device)
-        best_i = torch.zeros((q.shape[0], 0), dtype=torch.long, device=device)
-        for c0 in range(0, corpus.shape[0], corpus_block_size):
-            block = corpus[c0 : c0 + corpus_block_size].to(device)
-            s, i = torch.topk(q @ block.T, min(k, block.shape[0]), dim=1)
-            merged_s, merged_i = torch.cat([best_s, s], dim=1), torch.cat([best_i, i + c0], dim=1)
-            best_s, pos = torch.topk(merged_s, min(k, merged_s.shape[1]), dim=1)
-            best_i = merged_i.gather(1, pos)
-        all_scores.append(best_s.cpu())
-        all_indices.append(best_i.cpu())
-    if not all_scores:
-        return torch.zeros((0, k)), torch.zeros((0, k), dtype=torch.long)
-    return torch.cat(all_scores), torch.cat(all_indices)
-
-
-def _float_tensor(vectors: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """``vectors`` as a float32 tensor, sharing memory where it can.
-
-    Embeddings read zero-copy from Arrow are read-only arrays; torch warns about wrapping those, but the
-    tensor is only read here (normalising makes a new one), so the warning is silenced rather than the
-    array copied.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.as_tensor(vectors, dtype=torch.float32)
+    if queries.shape[0] == 0 or k == 0:
+        return torch.zeros((queries.shape[0], k)), torch.zeros((queries.shape[0], k), dtype=torch.long)
+    result = streamed_topk(
+        queries, corpus, k, "cosine", query_block_size=query_block_size, corpus_block_size=corpus_block_size,
+        precision="fp32", device=device or "cpu", show_progress_bar=show_progress_bar,
+    )
+    scores = 1.0 - result.distances.cpu().float()
+    order = torch.argsort(-scores, dim=1, stable=True)  # best first, as a run is read
+    return scores.gather(1, order), result.indices.cpu().gather(1, order)
 
 
 def _bm25_run(

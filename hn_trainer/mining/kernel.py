@@ -49,6 +49,7 @@ import contextlib
 import itertools
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -598,6 +599,18 @@ def _stream_window(
         all_indices[q0:q1] = best_indices
     all_indices[all_scores == -math.inf] = -1
     return all_scores, all_indices
+
+
+def as_float_tensor(vectors: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``vectors`` as a float32 tensor, sharing memory where it can.
+
+    Embeddings read zero-copy from Arrow are read-only arrays; torch warns about wrapping those, but the
+    kernel only reads its inputs, so the warning is silenced rather than the array copied (which would double
+    the memory of a large corpus).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(vectors, dtype=torch.float32)
 
 
 def streamed_topk(

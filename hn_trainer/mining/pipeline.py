@@ -231,6 +231,7 @@ def mine_pairs_from_embeddings(
         DataError: A pair names an unknown query or document.
     """
     from hn_trainer.errors import DataError
+    from hn_trainer.mining.kernel import as_float_tensor
     from hn_trainer.mining.samplers import MiningInputs, get_sampler
 
     if num_negatives < 1:
@@ -257,8 +258,8 @@ def mine_pairs_from_embeddings(
         documents=list(doc_texts),
         pairs=pair_tensor,
         positives=[sorted(p) for p in excluded],
-        query_embeddings=None if query_embeddings is None else torch.as_tensor(query_embeddings),
-        corpus_embeddings=None if corpus_embeddings is None else torch.as_tensor(corpus_embeddings),
+        query_embeddings=None if query_embeddings is None else as_float_tensor(query_embeddings),
+        corpus_embeddings=None if corpus_embeddings is None else as_float_tensor(corpus_embeddings),
     )
     if state is not None and state.num_processes > 1 and inputs.has_embeddings:
         from hn_trainer.mining.distributed import mine_sharded
