@@ -29,9 +29,12 @@ def _usage() -> str:
 def _run(command: str, argv: list[str]) -> None:
     if command == "mine":
         from hn_trainer.config import DataArguments, MineOutputArguments, MiningArguments, parse_args
+
+        # arguments first: --help and a bad flag answer before torch and datasets are imported
+        args = parse_args((DataArguments, MiningArguments, MineOutputArguments), argv, prog="hn-trainer mine")
         from hn_trainer.mining.pipeline import run_mine
 
-        run_mine(*parse_args((DataArguments, MiningArguments, MineOutputArguments), argv, prog="hn-trainer mine"))
+        run_mine(*args)
     elif command == "train":
         from hn_trainer.recipe import main as train_main
 

@@ -60,7 +60,7 @@ class DataArguments:
     validation_queries: int | None = field(
         default=None,
         metadata={"help": "Training queries held out for validation when there is no validation split "
-                  "(default: 10%, at least 1, at most 200; 0: none)."},
+                  "(default: 10%%, at least 1, at most 200; 0: none)."},
     )
 
     def __post_init__(self) -> None:
