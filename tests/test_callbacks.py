@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from transformers import TrainerControl, TrainerState, set_seed
 
 from hn_trainer.errors import HNTrainerError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import TrainerCallback, set_seed
+from transformers import TrainerCallback
 
 from conftest import TINY_SENTENCES
 

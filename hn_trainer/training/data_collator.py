@@ -174,8 +174,8 @@ class HardNegativeCollator(CrossEncoderDataCollator, TrainerCallback):
                     taken.add(d)
         if self.layout == "tuple":  # a softmax needs the same number of candidates in every row
             width = max(len(g.negative_ids) for g, _, _ in groups)
-            for group, own, taken in groups:
-                rng = self.rng(group.pair_index, epoch)
+            for (group, own, taken), feature in zip(groups, features):
+                rng = self.rng(group.pair_index, int(feature.get("epoch", self.epoch)))
                 self._add_random(group, rng, width - len(group.negative_ids), own, taken)
         return [g for g, _, _ in groups]
 
@@ -207,7 +207,10 @@ class HardNegativeCollator(CrossEncoderDataCollator, TrainerCallback):
         if self.layout == "tuple":
             width = min(len(g.negative_texts) for g in groups)
             if width != max(len(g.negative_texts) for g in groups):
-                raise ConfigError("the lce layout needs the same number of negatives for every pair of a batch")
+                raise ConfigError(
+                    "the lce layout needs the same number of negatives for every pair of a batch, and the corpus "
+                    f"has too few documents to top every pair up to {max(len(g.negative_texts) for g in groups)}"
+                )
             batch = {"query": [g.query for g in groups], "positive": [g.positive for g in groups]}
             for i in range(width):
                 batch[f"negative_{i + 1}"] = [g.negative_texts[i] for g in groups]
@@ -219,4 +222,8 @@ class HardNegativeCollator(CrossEncoderDataCollator, TrainerCallback):
         }
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        return self.layout_batch(self.select(features))
+        batch = self.layout_batch(self.select(features))
+        prompt = self._resolve_scalar(self.prompts, batch)  # as the host collator passes it to the loss
+        if prompt:
+            batch["prompt"] = prompt
+        return batch

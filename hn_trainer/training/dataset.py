@@ -170,7 +170,9 @@ class HardNegativeDataset(Dataset):
             return row
 
         if corpus is not None:
-            for _id, text in zip(*corpus, strict=True):
+            if len(corpus[0]) != len(corpus[1]):
+                raise DataError(f"corpus: {len(corpus[0])} ids but {len(corpus[1])} texts", file=source)
+            for _id, text in zip(*corpus):
                 add(docs, doc_texts, str(_id), text, 0)
         pair_queries, pair_positives, pool_rows = [], [], []
         for line, row in enumerate(rows, start=1):
