@@ -44,3 +44,17 @@ def test_pca_variance_outside_unit_interval(value):
 
 def test_variance_one_is_allowed():
     assert parse_args(TYPES, ["--pca_variance", "1.0"])[1].pca_variance == 1.0
+
+
+def test_a_value_in_the_file_is_never_overridden_by_a_default_the_code_injects(tmp_path):
+    from hn_trainer.recipe import DEMO_DEFAULTS, parse_recipe_args
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("output_dir: runs/from-file\nloss: bce\npool_size: 5\neval_candidates_k: 7\n")
+    _, mining, train, evaluation, _ = parse_recipe_args(["--config", str(cfg)])
+    assert train.output_dir == "runs/from-file" and train.loss == "bce"
+    assert mining.pool_size == 5 and evaluation.eval_candidates_k == 7  # each field in its stage's dataclass
+    # the demo's own settings sit under the file, and flags on top of both
+    _, mining, train, _, _ = parse_recipe_args(["--config", str(cfg), "--pool_size", "6"], defaults=DEMO_DEFAULTS)
+    assert train.output_dir == "runs/from-file" and train.loss == "bce" and mining.pool_size == 6
+    assert train.num_negatives == DEMO_DEFAULTS["num_negatives"]  # a demo default the file leaves alone

@@ -17,7 +17,8 @@ import torch
 from conftest import TINY_SENTENCES
 
 from hn_trainer.errors import ConfigError, DataError
-from hn_trainer.evaluation.reranking import fuse_runs, rerank, score_pairs, shard_bounds
+from hn_trainer.evaluation.reranking import fuse_runs, rerank, score_pairs
+from hn_trainer.mining.distributed import pair_slice
 
 QUERIES = {"q0": "how do i deploy mysql in the cloud", "q1": "what is a vcn", "q2": "what does a waf filter"}
 DOCS = {f"d{i}": text for i, text in enumerate(TINY_SENTENCES)}
@@ -112,7 +113,8 @@ def test_score_pairs_batching_does_not_change_scores(reranker_dir):
 @pytest.mark.parametrize("n", range(9))
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
 def test_shard_bounds_partition(n, world_size):
-    bounds = [shard_bounds(n, r, world_size) for r in range(world_size)]
+    """The one contiguous-shard rule of the package (mining and anything else sharded by rank)."""
+    bounds = [(part.start, part.stop) for part in (pair_slice(n, r, world_size) for r in range(world_size))]
     assert bounds[0][0] == 0 and bounds[-1][1] == n
     assert all(bounds[r][1] == bounds[r + 1][0] for r in range(world_size - 1))
     sizes = [end - start for start, end in bounds]

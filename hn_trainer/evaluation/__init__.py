@@ -18,7 +18,6 @@ from hn_trainer.evaluation.reranking import (
     fuse_runs,
     rerank,
     score_pairs,
-    shard_bounds,
 )
 
 __all__ = [
@@ -37,5 +36,4 @@ __all__ = [
     "rerank",
     "retrieval_metrics",
     "score_pairs",
-    "shard_bounds",
 ]

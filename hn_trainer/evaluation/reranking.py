@@ -99,11 +99,6 @@ def score_pairs(
     return scores
 
 
-def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Contiguous ``[start, end)`` of rank ``rank`` of ``world_size``; shard sizes differ by at most one."""
-    return n * rank // world_size, n * (rank + 1) // world_size
-
-
 def flatten_run(candidates_run: Mapping[str, Mapping[str, float]]) -> list[tuple[str, str]]:
     """The run's (query_id, doc_id) pairs: queries, then their documents, in the mappings' order."""
     return [(qid, doc) for qid, docs in candidates_run.items() for doc in docs]
