@@ -127,3 +127,19 @@ def tiny_beir(tmp_path) -> Path:
 def session_cache(tmp_path_factory) -> Path:
     """An embedding cache shared by the integration tests, so SciFact is encoded once per session."""
     return tmp_path_factory.mktemp("embedding-cache")
+
+
+@pytest.fixture
+def corpus():
+    """A 12-document corpus dataset over `TINY_SENTENCES` (the embedding tests')."""
+    from embedding_helpers import make_corpus
+
+    return make_corpus()
+
+
+@pytest.fixture
+def queries():
+    """The embedding tests' queries as a dataset."""
+    from embedding_helpers import make_queries
+
+    return make_queries()

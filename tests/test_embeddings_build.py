@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from conftest import TINY_SENTENCES
-from embedding_helpers import QUERIES, doc_texts, make_corpus, make_queries
+from embedding_helpers import QUERIES, doc_texts
 
 from hn_trainer.embeddings import build_ensemble_embeddings, load_encoder
 
 
-@pytest.fixture
-def corpus():
-    return make_corpus()
-
-
-@pytest.fixture
-def queries():
-    return make_queries()
 
 
 def test_concatenation_order_and_dims_without_pca(tiny_encoder_dir, corpus, queries, tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY_SENTENCES
-from embedding_helpers import QUERIES, doc_texts, make_corpus, make_queries
+from embedding_helpers import QUERIES, doc_texts
 
 from hn_trainer.embeddings import (
     CachedEncoder,
@@ -24,14 +24,6 @@ from hn_trainer.embeddings import cache as cache_module
 from hn_trainer.errors import EncoderError
 
 
-@pytest.fixture
-def corpus():
-    return make_corpus()
-
-
-@pytest.fixture
-def queries():
-    return make_queries()
 
 
 @pytest.fixture

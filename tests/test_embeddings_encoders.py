@@ -6,7 +6,6 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from embedding_helpers import make_corpus
 
 from hn_trainer.embeddings import (
     KNOWN_MODELS,
@@ -16,10 +15,6 @@ from hn_trainer.embeddings import (
 )
 from hn_trainer.errors import EncoderError
 
-
-@pytest.fixture
-def corpus():
-    return make_corpus()
 
 
 def test_local_folder_resolves_to_sentence_transformer(tiny_encoder_dir):

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from embedding_helpers import QUERIES, doc_texts, make_corpus, make_queries
+from embedding_helpers import QUERIES, doc_texts
 
 from hn_trainer.embeddings import EnsembleEncoder, build_ensemble_embeddings, document_text, encode_texts
 from hn_trainer.errors import ConfigError, DataError
 
 
-@pytest.fixture
-def corpus():
-    return make_corpus()
-
-
-@pytest.fixture
-def queries():
-    return make_queries()
 
 
 def test_encoder_list_must_be_nonempty_without_duplicates(corpus):

@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
-from embedding_helpers import make_corpus, make_queries
 
 from hn_trainer.embeddings import build_ensemble_embeddings
 
 
-@pytest.fixture
-def corpus():
-    return make_corpus()
-
-
-@pytest.fixture
-def queries():
-    return make_queries()
 
 
 def test_maps_over_several_batches_give_the_same_vectors(tiny_encoder_dir, corpus, queries, tmp_path):

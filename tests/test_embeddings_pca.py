@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from embedding_helpers import make_corpus, make_queries
 
 from hn_trainer.embeddings import build_ensemble_embeddings, validate_pca_variance
 from hn_trainer.errors import ConfigError
 
 
-@pytest.fixture
-def corpus():
-    return make_corpus()
-
-
-@pytest.fixture
-def queries():
-    return make_queries()
 
 
 def test_pca_keeps_target_variance_and_dims_grow_with_target(tiny_encoder_dir, corpus, queries, tmp_path):

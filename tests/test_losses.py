@@ -14,16 +14,9 @@ from hn_trainer.training.data_collator import HardNegativeCollator
 from hn_trainer.training.dataset import HardNegativeDataset
 from hn_trainer.training.losses import LOSSES, LocalizedContrastiveLoss, get_loss, loss_layout
 
-DOCS = [
-    "deploy a mysql database on cloud infrastructure",
-    "install mysql on premises servers in your data center",
-    "a virtual cloud network vcn is a private network in a region",
-    "a virtual network interface card vnic attaches an instance to a subnet",
-    "a web application firewall waf filters http traffic to web applications",
-    "a firewall controls network traffic between hosts with security rules",
-    "object storage buckets hold unstructured data",
-    "block volumes attach to compute instances as disks",
-]
+from conftest import TINY_SENTENCES
+
+DOCS = TINY_SENTENCES[:8]
 
 
 def row(qid, query, pos, negs):

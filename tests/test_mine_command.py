@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from test_recipe import _args
+
 from hn_trainer.cli import main
 from hn_trainer.errors import HNTrainerError
 
@@ -103,15 +105,6 @@ def test_remining_a_finished_folder_removes_its_marker_first(tmp_path, tiny_beir
     assert json.loads((out / "stats.json").read_text())["num_negatives"] == 2  # the stats are the old run's
 
 
-def _train_args(tmp_path, beir, model, encoder, *extra):
-    return [
-        "--data", str(beir), "--encoders", f"{encoder},lsa:8", "--model_name_or_path", str(model),
-        "--first_stage_encoder", str(encoder), "--cache_dir", str(tmp_path / "cache"),
-        "--output_dir", str(tmp_path / "run"), "--max_steps", "3", "--per_device_train_batch_size", "2",
-        "--pool_size", "4", "--num_negatives", "2", "--keep_pairs_without_negatives", "true",
-        "--fill_random_negatives", "true", "--max_length", "64", "--eval_candidates_k", "5",
-        "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true", *extra,
-    ]
 
 
 def test_training_refuses_a_mined_folder_without_its_marker(
@@ -135,7 +128,7 @@ def test_training_refuses_a_mined_folder_without_its_marker(
     with pytest.raises(HNTrainerError, match="COMPLETE"):
         training_pool(data, data_args, mining_args, RecipeArguments(mined_dir=str(out)), None, None)
     capsys.readouterr()
-    argv = _train_args(tmp_path, tiny_beir, tiny_bert_dir, tiny_encoder_dir, "--mined_dir", str(out))
+    argv = _args(tmp_path, tiny_beir, tiny_bert_dir, tiny_encoder_dir, "--mined_dir", str(out))
     rc = main(["train", *argv])
     assert rc == 1
     err = capsys.readouterr().err
@@ -204,3 +197,57 @@ def test_scifact_train_pairs_with_minilm_and_lsa(tmp_path, scifact_dir, session_
             assert 1 - qv @ nv < 1 - qv @ pv + 1e-6 and 1 - qv @ nv < 1 - pv @ nv + 1e-6
             checked += 1
     assert checked == stats["negatives"] > 0
+
+
+KILL_DURING_WRITE = """
+import os, signal, sys
+import hn_trainer.mining.pipeline as pipeline
+from hn_trainer.cli import main
+
+target = sys.argv[1]
+real = pipeline.write_jsonl
+
+
+def write_then_die(path, rows):
+    if os.path.basename(path) == target:
+        with pipeline.atomic_path(path) as tmp:
+            with open(tmp, "w") as f:
+                f.write('{"half": ')  # a partial record
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+    return real(path, rows)
+
+
+pipeline.write_jsonl = write_then_die
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("first_run", ["fresh", "over a finished run"])
+def test_mine_killed_while_writing_reruns_to_the_same_clean_folder(tmp_path, tiny_beir, first_run):
+    import os
+    import subprocess
+    import sys
+
+    from hn_trainer.io import is_complete
+
+    argv = ["mine", "--data", str(tiny_beir), "--encoders", "lsa:8", "--cache_dir", str(tmp_path / "cache")]
+    reference = tmp_path / "reference"
+    assert main([*argv, "--output_dir", str(reference)]) == 0
+    out = tmp_path / "out"
+    if first_run != "fresh":
+        assert main([*argv, "--output_dir", str(out), "--pool_size", "2"]) == 0
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_DURING_WRITE)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(script), "triples.jsonl", *argv, "--output_dir", str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # killed mid-write
+    assert not is_complete(out)  # a killed run never looks finished
+    assert any(p.name.endswith(".tmp") for p in out.iterdir())  # and it did leave a temporary behind
+    assert main([*argv, "--output_dir", str(out)]) == 0
+    assert is_complete(out)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # the rerun swept every temporary
+    assert (out / "triples.jsonl").read_bytes() == (reference / "triples.jsonl").read_bytes()
+    stats, expected = (json.loads((d / "stats.json").read_text()) for d in (out, reference))
+    assert stats["num_negatives"] == expected["num_negatives"] and stats["pairs"] == expected["pairs"]

@@ -294,3 +294,27 @@ def test_arguments_parse_as_flags_and_validate(tmp_path, tiny_bert_dir):
     trainer = HardNegativeTrainer(str(tiny_bert_dir), make_args(tmp_path, loss="lce"), train_dataset=make_dataset())
     assert trainer.args.remove_unused_columns is False
     assert isinstance(trainer.data_collator, HardNegativeCollator) and trainer.data_collator.layout == "tuple"
+
+
+def test_resume_skips_a_checkpoint_whose_writing_was_interrupted(tmp_path, tiny_bert_dir):
+    """A kill while checkpoint-4 was written (its trainer_state.json, written last, is missing): `true` resumes
+    from checkpoint-2 and the run reaches the weights of the uninterrupted one."""
+
+    def args(out):
+        return make_args(tmp_path, output_dir=str(out), max_steps=6, save_strategy="steps", save_steps=2,
+                         negative_strategy="sample", num_negatives=2)
+
+    full = HardNegativeTrainer(str(tiny_bert_dir), args(tmp_path / "full"), train_dataset=make_dataset())
+    full.train()
+    part = tmp_path / "part"
+    stopped = HardNegativeTrainer(
+        str(tiny_bert_dir), args(part), train_dataset=make_dataset(), callbacks=[StopAt(4)]
+    )
+    stopped.train()
+    (part / "checkpoint-4" / "trainer_state.json").unlink()
+    resumed = HardNegativeTrainer(str(tiny_bert_dir), args(part), train_dataset=make_dataset())
+    resumed.train(resume_from_checkpoint="true")
+    assert resumed.args.resume_from_checkpoint == str(part / "checkpoint-2")
+    assert resumed.state.global_step == 6
+    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
