@@ -189,7 +189,7 @@ def test_saved_folder_reloads_with_the_same_scores(tmp_path, tiny_bert_dir):
     assert isinstance(reloaded.activation_fn, torch.nn.Identity) and reloaded.max_seq_length == 24
     expected = model.predict(PAIRS, convert_to_tensor=True)
     assert torch.allclose(reloaded.predict(PAIRS, convert_to_tensor=True), expected, atol=1e-5)
-    assert float(expected.std()) > 0.01
+    assert float(expected.std()) > 1e-4  # the comparison is between distinct scores (atol 1e-5)
 
 
 @pytest.fixture
