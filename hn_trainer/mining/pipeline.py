@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class MinedPairs:
         corpus_embeddings: ``[n_documents, d]``, in corpus order.
         ensemble: The `EnsembleEmbeddings` that produced them (its ``encode`` projects new texts with the same
             PCA), or ``None``.
+        corpus_ids: Ids of the corpus documents, the rows of ``corpus_embeddings``.
     """
 
     dataset: Any
@@ -55,6 +56,7 @@ class MinedPairs:
     query_embeddings: np.ndarray | None = None
     corpus_embeddings: np.ndarray | None = None
     ensemble: Any = None
+    corpus_ids: list[str] = field(default_factory=list)
 
 
 def configured_sampler(name: str, settings: dict, **kwargs):
@@ -149,6 +151,8 @@ def mine_pairs(
     query_index = data.query_index()
     queries = data.queries.select([query_index[q] for q in query_ids])
     stats: dict = {"data": data.name, "split": data_args.split, "method": mining_args.method}
+    seconds["load"] = time.perf_counter() - t0
+    width = num_negatives or mining_args.pool_size
     ensemble = None
     if mining_args.method in EMBEDDING_METHODS:
         ensemble = build_ensemble_embeddings(
@@ -170,7 +174,6 @@ def mine_pairs(
             pca_variance=mining_args.pca_variance,
             variance_kept=ensemble.variance_kept,
         )
-    seconds["load"] = time.perf_counter() - t0
     q_emb = None if ensemble is None else ensemble.query_embeddings
     c_emb = None if ensemble is None else ensemble.corpus_embeddings
     t0 = time.perf_counter()
@@ -182,13 +185,13 @@ def mine_pairs(
         pairs,
         q_emb,
         c_emb,
-        num_negatives=num_negatives or mining_args.pool_size,
+        num_negatives=width,
         sampler=configured_sampler(mining_args.method, sampler_settings(mining_args)),
         positives=all_positives(data),
         state=state,
     )
     seconds["mine"] = time.perf_counter() - t0
-    stats.update(mined_stats(dataset, num_negatives or mining_args.pool_size, mining_args), seconds=seconds)
+    stats.update(mined_stats(dataset, width, mining_args), seconds=seconds)
     stats["queries"], stats["documents"] = len(query_ids), len(data.corpus)
     if q_emb is not None:
         q_row = {q: i for i, q in enumerate(query_ids)}
@@ -197,7 +200,7 @@ def mine_pairs(
         stats["distance_summary"] = distance_summary(
             q_emb, c_emb, pair_rows, dataset["negative_distances"], mining_args.metric
         )
-    return MinedPairs(dataset, stats, query_ids, q_emb, c_emb, ensemble)
+    return MinedPairs(dataset, stats, query_ids, q_emb, c_emb, ensemble, corpus_ids=list(data.corpus["_id"]))
 
 
 def mine_pairs_from_embeddings(
@@ -378,7 +381,7 @@ def save_mined(mined: MinedPairs, output_dir: str | Path, *, save_embeddings: bo
             write_npy(output_dir / "query_embeddings.npy", np.ascontiguousarray(mined.query_embeddings, dtype=np.float32))
             write_npy(output_dir / "corpus_embeddings.npy", np.ascontiguousarray(mined.corpus_embeddings, dtype=np.float32))
             write_json(output_dir / "query_ids.json", mined.query_ids)
-            write_json(output_dir / "corpus_ids.json", mined.stats.get("corpus_ids") or [])
+            write_json(output_dir / "corpus_ids.json", mined.corpus_ids)
         mined.stats["seconds"]["write"] = time.perf_counter() - t0
         write_json(output_dir / "stats.json", mined.stats)
         marker.update(pairs=mined.stats["pairs"], method=mined.stats["method"])
@@ -394,11 +397,8 @@ def run_mine(data_args: DataArguments, mining_args: MiningArguments, out_args: M
     state = PartialState()
     mined = mine_pairs(data, data_args, mining_args, num_negatives=out_args.num_negatives, state=state)
     mined.stats["settings"] = {"data": asdict(data_args), "mining": asdict(mining_args)}
-    if out_args.save_embeddings:
-        mined.stats["corpus_ids"] = list(data.corpus["_id"])
     if state.is_main_process:
         save_mined(mined, out_args.output_dir, save_embeddings=out_args.save_embeddings)
-        mined.stats.pop("corpus_ids", None)
         print(format_stats(mined.stats))
         print(f"wrote {out_args.output_dir}")
     return mined.stats
