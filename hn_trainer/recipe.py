@@ -310,7 +310,7 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
         validation(model)
         fusion_weight = choose_fusion_weight(candidates["validation"], validation.last_run, splits.validation)
         selection["fusion_weight"] = "MRR@10 on the validation queries"
-        test(model)
+        # test.last_run holds the final model's scores: its row above was the last test evaluation
         rows["fused"] = retrieval_metrics(
             fuse_runs(candidates["test"], test.last_run, fusion_weight), splits.test
         )
