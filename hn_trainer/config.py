@@ -32,8 +32,28 @@ class DataArguments:
 
     data: str = field(
         default="demo",
-        metadata={"help": "BEIR folder (corpus.jsonl, queries.jsonl, qrels/), a Hub dataset id such as "
-                  "BeIR/scifact, or 'demo' for the built-in cloud-documentation demo."},
+        metadata={"help": "BEIR folder (corpus.jsonl, queries.jsonl, qrels/), a (query, positive) pairs file "
+                  "(.jsonl, .csv, .tsv, .parquet), a Hub dataset id (BEIR such as BeIR/scifact, or pairs such as "
+                  "sentence-transformers/natural-questions), or 'demo' for the built-in cloud-documentation demo."},
+    )
+    data_format: Literal["auto", "beir", "pairs"] = field(
+        default="auto",
+        metadata={"help": "'auto': a folder or 'demo' is BEIR, a file is pairs, a Hub id is BEIR when it has "
+                  "'corpus' and 'queries' configs, else pairs."},
+    )
+    query_column: str | None = field(
+        default=None, metadata={"help": "Pairs data: the query column (default: the first column)."}
+    )
+    positive_column: str | None = field(
+        default=None, metadata={"help": "Pairs data: the positive column (default: the second column)."}
+    )
+    corpus: str | None = field(
+        default=None,
+        metadata={"help": "Pairs data: a file or Hub id of further documents negatives are drawn from (default: "
+                  "the positives alone)."},
+    )
+    corpus_column: str | None = field(
+        default=None, metadata={"help": "The --corpus text column (default: 'text', else the first column)."}
     )
     qrels: str | None = field(
         default=None, metadata={"help": "Hub id of the qrels repository (default: '<data>-qrels')."}
@@ -62,12 +82,20 @@ class DataArguments:
         metadata={"help": "Training queries held out for validation when there is no validation split "
                   "(default: 10%%, at least 1, at most 200; 0: none)."},
     )
+    test_queries: int | None = field(
+        default=None,
+        metadata={"help": "When the data has no eval_split (a pairs dataset, a BEIR folder with one split): "
+                  "training queries held out for the test, seeded by split_seed (default: 10%%, at least 1, "
+                  "at most 1000)."},
+    )
 
     def __post_init__(self) -> None:
         for name in ("num_train_queries", "max_train_queries", "max_eval_queries"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name} must be a positive count, got {value}")
+        if self.test_queries is not None and self.test_queries < 1:
+            raise ConfigError(f"--test_queries must be a positive count, got {self.test_queries}")
         if self.validation_queries is not None and self.validation_queries < 0:
             raise ConfigError(f"--validation_queries must not be negative, got {self.validation_queries}")
         if self.split == self.eval_split:
@@ -115,6 +143,12 @@ class MiningArguments:
         default=8,
         metadata={"help": "Negatives mined per (query, positive) pair: the pool training picks from."},
     )
+    fallback: Literal["none", "random", "condition2"] = field(
+        default="none",
+        metadata={"help": "Pairs with fewer than pool_size negatives: 'none' (the paper: they stay short), 'random' "
+                  "(top up with uniformly drawn unjudged documents), 'condition2' (top up with the documents "
+                  "closest to Q among those closer to Q than to the positive, d(Q,D) < d(PD,D))."},
+    )
     keep_pairs_without_negatives: bool = field(
         default=False,
         metadata={"help": "Keep (query, positive) pairs for which mining found no negative (they train on "
@@ -134,6 +168,10 @@ class MiningArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {value}")
+        if self.fallback != "none" and self.method not in ("dual_condition", "dense_topk", "positive_aware"):
+            raise ConfigError(f"--fallback {self.fallback}: needs an embedding method, not --method {self.method}")
+        if self.fallback == "condition2" and self.method != "dual_condition":
+            raise ConfigError(f"--fallback condition2 tops up dual-condition mining, not --method {self.method}")
         if self.mining_device is not None and self.mining_device.startswith("cuda"):
             import torch
 
@@ -154,12 +192,33 @@ class MineOutputArguments:
         default=None, metadata={"help": "Hard negatives kept per (query, positive) pair (default: pool_size)."}
     )
 
-    def __post_init__(self) -> None:
-        if self.num_negatives is not None and self.num_negatives < 1:
-            raise ConfigError(f"--num_negatives must be at least 1, got {self.num_negatives}")
     save_embeddings: bool = field(
         default=False, metadata={"help": "Also write the vectors the kernel used (.npy) and their row ids."}
     )
+    output_format: Literal["triplet", "n-tuple", "labeled-pair", "labeled-list"] | None = field(
+        default=None,
+        metadata={"help": "Also write dataset/ and dataset.jsonl in this sentence-transformers layout (the columns "
+                  "of its mine_hard_negatives), ready for SentenceTransformerTrainer or CrossEncoderTrainer."},
+    )
+    output_scores: bool = field(
+        default=False, metadata={"help": "With --output_format: add similarity scores as sentence-transformers does."}
+    )
+    push_to_hub: bool = field(
+        default=False,
+        metadata={"help": "Push the mined dataset (the --output_format one, else the triples) and its dataset card "
+                  "to the Hub as --hub_dataset_id."},
+    )
+    hub_dataset_id: str | None = field(default=None, metadata={"help": "Dataset repository, 'user/name'."})
+    hub_private: bool = field(default=False, metadata={"help": "Create the dataset repository as private."})
+    hub_token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
+
+    def __post_init__(self) -> None:
+        if self.num_negatives is not None and self.num_negatives < 1:
+            raise ConfigError(f"--num_negatives must be at least 1, got {self.num_negatives}")
+        if self.push_to_hub and not self.hub_dataset_id:
+            raise ConfigError("--push_to_hub needs --hub_dataset_id USER/NAME")
+        if self.output_scores and not self.output_format:
+            raise ConfigError("--output_scores needs an --output_format")
 
 
 def read_config_file(path: Path) -> dict:

@@ -229,6 +229,12 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> 
             f.write("\n")
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 text, atomically."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+
 def write_jsonl(path: str | os.PathLike, rows) -> None:
     """Write an iterable of dicts as JSON lines, atomically."""
     with atomic_path(path) as tmp:

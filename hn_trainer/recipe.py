@@ -115,19 +115,41 @@ class QuerySplits:
     validation: dict[str, dict[str, float]]
     test: dict[str, dict[str, float]]
     validation_source: str
+    test_source: str = ""
 
 
 def split_queries_for_run(data: RetrievalData, data_args: DataArguments, *, seed: int) -> QuerySplits:
-    """Training pairs, validation qrels and test qrels, with validation never drawn from the test split."""
-    from hn_trainer.mining.pipeline import split_pairs
+    """Training pairs, validation qrels and test qrels, with validation never drawn from the test split.
 
-    pairs = split_pairs(data, data_args.split, data_args.max_train_queries)
-    test = _first(data.relevant(data_args.eval_split), data_args.max_eval_queries)
+    The test queries are those of ``eval_split``. Data whose only split is the training one (a pairs dataset, a
+    BEIR folder with one qrels file) has a seeded slice of its queries held out for the test instead
+    (``test_queries``, seeded by ``split_seed``), drawn before anything else, so neither mining, training nor
+    validation sees them.
+    """
+    from hn_trainer.mining.pipeline import first_queries, split_pairs
+
+    if data_args.eval_split in data.splits or data.splits != [data_args.split]:
+        pairs = split_pairs(data, data_args.split, data_args.max_train_queries)
+        test = _first(data.relevant(data_args.eval_split), data_args.max_eval_queries)
+        test_source = f"split {data_args.eval_split!r}, evaluated once at the end"
+    else:
+        all_pairs = split_pairs(data, data_args.split)
+        queries = sorted(dict.fromkeys(q for q, _ in all_pairs))
+        n = data_args.test_queries or min(1000, max(1, len(queries) // 10))
+        if n >= len(queries):
+            raise ConfigError(f"--test_queries {n} leaves no training query (split {data_args.split!r} of "
+                              f"{data.name} has {len(queries)})")
+        held = set(random.Random(data_args.split_seed).sample(queries, n))
+        relevant = data.relevant(data_args.split)
+        test = _first({q: relevant[q] for q in sorted(held)}, data_args.max_eval_queries)
+        pairs = first_queries([(q, d) for q, d in all_pairs if q not in held], data_args.max_train_queries)
+        test_source = (f"{n} queries of split {data_args.split!r} held out for the test (seed {data_args.split_seed}; "
+                       f"the data has no {data_args.eval_split!r} split), evaluated once at the end")
     if data_args.validation_split and data_args.validation_split in data.splits:
         if data_args.validation_split in {data_args.eval_split, data_args.split}:
             raise ConfigError(f"--validation_split {data_args.validation_split!r} must differ from train and test")
         validation = _first(data.relevant(data_args.validation_split), data_args.max_eval_queries)
-        return QuerySplits(pairs, validation, test, f"split {data_args.validation_split!r}")
+        return QuerySplits(pairs, validation, test, f"split {data_args.validation_split!r}", test_source)
     train_queries = list(dict.fromkeys(q for q, _ in pairs))
     n = data_args.validation_queries
     if n is None:
@@ -138,7 +160,7 @@ def split_queries_for_run(data: RetrievalData, data_args: DataArguments, *, seed
     relevant = data.relevant(data_args.split)
     validation = {q: relevant[q] for q in sorted(held) if q in relevant}
     source = f"{n} training queries held out of training (seed {seed})" if n else "none"
-    return QuerySplits([(q, d) for q, d in pairs if q not in held], validation, test, source)
+    return QuerySplits([(q, d) for q, d in pairs if q not in held], validation, test, source, test_source)
 
 
 def _first(qrels: dict, n: int | None) -> dict:
@@ -302,7 +324,7 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
         trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
         model = trainer.model
         rows[label] = test(model)
-    selection = {"validation": splits.validation_source, "test": f"split {data_args.eval_split!r}, evaluated once at the end"}
+    selection = {"validation": splits.validation_source, "test": splits.test_source}
     if do_train and train_args.load_best_model_at_end:
         selection["checkpoint"] = f"{train_args.metric_for_best_model} on the validation queries"
     fusion_weight = None
@@ -323,7 +345,7 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
     if do_train:
         final_dir = Path(train_args.output_dir) / "final"
         card.eval_rows, card.fusion_weight = rows, fusion_weight
-        card.eval_description = (f"split {data_args.eval_split!r} ({len(splits.test)} queries): reranking the top "
+        card.eval_description = (f"{len(splits.test)} test queries ({splits.test_source}): reranking the top "
                                  f"{eval_args.eval_candidates_k} of the {eval_args.first_stage} first stage")
         if state.is_main_process:
             trainer.save_model(str(final_dir))
@@ -335,7 +357,7 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
         write_json(Path(train_args.output_dir) / recipe_args.results_file, summary)
     state.wait_for_everyone()
     if state.is_main_process:
-        print(f"\n{data.name}: {len(splits.test)} evaluation queries, split {data_args.eval_split!r}; "
+        print(f"\n{data.name}: {len(splits.test)} test queries ({splits.test_source}); "
               f"validation: {splits.validation_source}")
         print(format_table(rows))
         if fusion_weight is not None:

@@ -138,7 +138,7 @@ def test_demo_command_runs_on_the_packaged_corpus(tmp_path, tiny_bert_dir, tiny_
     ])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "6 evaluation queries" in out and "fine-tuned reranker" in out
+    assert "6 test queries" in out and "fine-tuned reranker" in out
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert results["settings"]["data"]["data"] == "demo"
     assert (tmp_path / "demo" / "final" / "README.md").exists()

@@ -34,12 +34,15 @@ class RetrievalData:
         queries: Columns ``_id``, ``text``.
         qrels: Split name to a dataset with columns ``query-id``, ``corpus-id``, ``score``.
         name: Where the data came from, for logs and model cards.
+        pair_columns: For a pairs dataset (`hn_trainer.data.pairs.load_pairs`), its query and positive column
+            names, which sentence-transformers layouts of the output reuse; ``None`` for BEIR data.
     """
 
     corpus: datasets.Dataset
     queries: datasets.Dataset
     qrels: dict[str, datasets.Dataset]
     name: str = ""
+    pair_columns: tuple[str, str] | None = None
     _corpus_index: dict[str, int] | None = field(default=None, repr=False)
     _query_index: dict[str, int] | None = field(default=None, repr=False)
 
@@ -104,7 +107,7 @@ class RetrievalData:
         return out
 
     def with_qrels(self, qrels: dict[str, datasets.Dataset]) -> RetrievalData:
-        return RetrievalData(self.corpus, self.queries, qrels, self.name)
+        return RetrievalData(self.corpus, self.queries, qrels, self.name, self.pair_columns)
 
 
 def document_text(title: str | None, text: str) -> str:

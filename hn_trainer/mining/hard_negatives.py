@@ -80,7 +80,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import time
@@ -92,8 +91,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from hn_trainer.data.pairs import content_ids
 from hn_trainer.errors import ConfigError, DataError
-from hn_trainer.mining.kernel import CONDITIONS, METRICS, CandidateRule, decision_distances, mine_negatives
+from hn_trainer.mining.fallback import FALLBACKS, top_up
+from hn_trainer.mining.kernel import CONDITIONS, METRICS, decision_distances
 from hn_trainer.mining.pipeline import (
     MINED_FEATURES,
     configured_sampler,
@@ -104,7 +105,6 @@ from hn_trainer.mining.pipeline import (
 )
 
 OUTPUT_FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")
-FALLBACKS = ("none", "random", "condition2")
 SAMPLING_STRATEGIES = ("top", "random")
 DEFAULT_ENCODERS = ("sentence-transformers/all-MiniLM-L6-v2", "lsa")
 
@@ -154,30 +154,66 @@ class HardNegativeMining:
     num_negatives: int
     ensemble: Any = field(default=None, repr=False)
 
+    def to_dataset(self, output_format: OutputFormat = "triplet", output_scores: bool = False):
+        """The pairs laid out as sentence-transformers' ``mine_hard_negatives`` lays them out
+        (`sentence_transformers_layout`)."""
+        return sentence_transformers_layout(
+            self.pairs, output_format, anchor_column_name=self.anchor_column_name,
+            positive_column_name=self.positive_column_name, num_negatives=self.num_negatives, metric=self.metric,
+            output_scores=output_scores, stats=self.stats,
+        )
+
+
+def sentence_transformers_layout(
+    pairs,
+    output_format: OutputFormat = "triplet",
+    *,
+    anchor_column_name: str = "query",
+    positive_column_name: str = "positive",
+    num_negatives: int,
+    metric: str = "cosine",
+    output_scores: bool = False,
+    stats: dict | None = None,
+):
+    """Mined pairs laid out as sentence-transformers' ``mine_hard_negatives`` lays them out.
+
+    Args:
+        pairs: Rows with ``query``, ``positive``, ``negatives`` (hardest first), ``negative_distances`` and
+            ``positive_distance`` (``d(Q, PD)``; read only with ``output_scores``).
+        output_format: ``"triplet"``, ``"n-tuple"``, ``"labeled-pair"`` or ``"labeled-list"``.
+        anchor_column_name, positive_column_name: The output's first two columns.
+        num_negatives: Negatives per row of ``n-tuple`` (pairs with fewer are dropped).
+        metric: Scores are ``1 - d`` (cosine) or ``-d`` (euclidean).
+        output_scores: Scores instead of, or beside, labels (see `mine_hard_negatives`).
+        stats: Mining statistics to store in ``info.description``.
+
+    Returns:
+        A `datasets.Dataset`; its ``info.description`` holds ``stats`` as JSON, with ``output_format``,
+        ``rows`` and ``pairs_dropped`` (pairs the format leaves out for lack of negatives) added.
+
+    Raises:
+        ConfigError: Unknown ``output_format``.
+    """
+    import datasets
+
+    _check_choice("output_format", output_format, OUTPUT_FORMATS)
+    view = _PairsView(pairs, metric, num_negatives)
+    columns, dropped = _LAYOUTS[output_format](view, anchor_column_name, positive_column_name, bool(output_scores))
+    stats = {**(stats or {}), "output_format": output_format, "output_scores": bool(output_scores)}
+    stats.update(rows=len(next(iter(columns.values()))), pairs_dropped=dropped)
+    info = datasets.DatasetInfo(description=json.dumps(stats, default=_jsonable))
+    return datasets.Dataset.from_dict(columns, info=info)
+
+
+@dataclass
+class _PairsView:
+    pairs: Any
+    metric: str
+    num_negatives: int
+
     def score(self, distance: float) -> float:
         """The similarity reported for a distance: ``1 - d`` (cosine) or ``-d`` (euclidean)."""
         return 1.0 - distance if self.metric == "cosine" else -distance
-
-    def to_dataset(self, output_format: OutputFormat = "triplet", output_scores: bool = False):
-        """The pairs laid out as sentence-transformers' ``mine_hard_negatives`` lays them out.
-
-        Returns:
-            A `datasets.Dataset`; its ``info.description`` holds the statistics as JSON, with
-            ``output_format``, ``rows`` and ``pairs_dropped`` (pairs the format leaves out for lack of
-            negatives) added.
-
-        Raises:
-            ConfigError: Unknown ``output_format``.
-        """
-        import datasets
-
-        _check_choice("output_format", output_format, OUTPUT_FORMATS)
-        anchor, positive = self.anchor_column_name, self.positive_column_name
-        columns, dropped = _LAYOUTS[output_format](self, anchor, positive, bool(output_scores))
-        stats = {**self.stats, "output_format": output_format, "output_scores": bool(output_scores)}
-        stats.update(rows=len(next(iter(columns.values()))), pairs_dropped=dropped)
-        info = datasets.DatasetInfo(description=json.dumps(stats, default=_jsonable))
-        return datasets.Dataset.from_dict(columns, info=info)
 
 
 def mine_hard_negatives(
@@ -331,7 +367,7 @@ def mine_hard_negative_pairs(
     pair_texts = [(q, p) for q in query_texts for p in positives_of[q]]
     extra = _corpus_texts(corpus)
     corpus_texts = list(dict.fromkeys(extra + [p for _, p in pair_texts]))
-    query_ids, corpus_ids = _content_ids(query_texts, "q"), _content_ids(corpus_texts, "d")
+    query_ids, corpus_ids = content_ids(query_texts, "q"), content_ids(corpus_texts, "d")
     q_id, d_id = dict(zip(query_texts, query_ids)), dict(zip(corpus_texts, corpus_ids))
     q_row = {t: i for i, t in enumerate(query_texts)}
     d_row = {t: i for i, t in enumerate(corpus_texts)}
@@ -373,18 +409,11 @@ def mine_hard_negative_pairs(
     sources = [["dual_condition"] * len(rows) for rows in chosen]
     seconds["mine"] = time.perf_counter() - t0
 
-    short = [i for i, rows in enumerate(chosen) if len(rows) < num_negatives]
     t0 = time.perf_counter()
-    if short and fallback != "none":
-        if fallback == "random":
-            extra_rows = _random_top_up(short, chosen, pair_rows, excluded, len(corpus_texts), num_negatives, seed)
-        else:
-            extra_rows = _condition2_top_up(
-                short, chosen, pair_rows, excluded, q_emb, c_emb, num_negatives, metric, device
-            )
-        _append_top_ups(
-            fallback, short, extra_rows, chosen, distances, sources, pair_rows, q_emb, c_emb, metric, device
-        )
+    added = top_up(fallback, chosen, distances, pair_rows, excluded, q_emb, c_emb, num_negatives,
+                   metric=metric, seed=seed, device=device)
+    for source, n in zip(sources, added):
+        source.extend([fallback] * n)
     seconds["fallback"] = time.perf_counter() - t0
 
     d_qp = decision_distances(q_emb, c_emb, pair_rows[:, 0], pair_rows[:, 1:], metric, device=device)[:, 0]
@@ -444,15 +473,9 @@ def format_hard_negative_stats(stats: dict) -> str:
         lines.append(f"input rows: {stats['input_rows']} (identical queries and duplicate rows merged)")
     lines.append(
         f"pairs with fewer than {stats['num_negatives']} dual-condition negatives: "
-        f"{stats['pairs_short_of_dual_negatives']} (none found: {stats['pairs_without_dual_negative']});"
-        f" fallback {stats['fallback']!r} added {stats['fallback_negatives']} to {stats['pairs_topped_up']} pairs"
+        f"{stats['pairs_short_of_dual_negatives']} (none found: {stats['pairs_without_dual_negative']})"
     )
     lines.append(f"distinct negatives per query: {stats['distinct_negatives_per_query']:.2f}")
-    if "output_format" in stats:
-        lines.append(
-            f"{stats['output_format']}: {stats['rows']} rows; {stats['pairs_dropped']} pairs dropped "
-            "for lack of negatives"
-        )
     return "\n".join(lines)
 
 
@@ -556,17 +579,8 @@ def _datasets_progress(show: bool):
         datasets.enable_progress_bars()
 
 
-def _content_ids(texts: list[str], prefix: str) -> list[str]:
-    """``prefix`` + the first 16 hex digits of each text's sha256; the whole digest if two would collide."""
-    digests = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
-    short = [prefix + d[:16] for d in digests]
-    if len(set(short)) == len(short):
-        return short
-    return [prefix + d for d in digests]
-
-
 # ----------------------------------------------------------------------------------------------
-# Sampling and fallbacks
+# Sampling
 # ----------------------------------------------------------------------------------------------
 
 
@@ -581,69 +595,6 @@ def _sample_pools(pool, id_row: dict[str, int], k: int, strategy: str, seed: int
         chosen.append([rows[j] for j in picks])
         distances.append([float(dists[j]) for j in picks])
     return chosen, distances
-
-
-def _random_top_up(short, chosen, pair_rows, excluded, n_docs: int, k: int, seed: int) -> list[list[int]]:
-    """Uniform corpus rows for each short pair, distinct, not a positive of its query nor already chosen."""
-    out = []
-    for i in short:
-        taken = set(excluded[int(pair_rows[i, 0])]) | set(chosen[i])
-        need = k - len(chosen[i])
-        rng = np.random.default_rng([seed, i, 1])
-        if n_docs - len(taken) <= 4 * need:
-            available = np.array([d for d in range(n_docs) if d not in taken], dtype=np.int64)
-            picks = rng.permutation(available)[:need].tolist()
-        else:  # rejection sampling: most of the corpus is available
-            picks, seen = [], set(taken)
-            while len(picks) < need:
-                for d in rng.integers(n_docs, size=2 * need + 8).tolist():
-                    if d not in seen and len(picks) < need:
-                        seen.add(d)
-                        picks.append(d)
-        out.append(picks)
-    return out
-
-
-def _condition2_top_up(short, chosen, pair_rows, excluded, q_emb, c_emb, k: int, metric: str, device):
-    """For each short pair, the closest documents with ``d(Q, D) < d(PD, D)`` not already chosen.
-
-    The kernel mines condition 2 alone exactly (``CandidateRule(closer_to_query_than_positive=True)``).
-    ``k`` per pair suffice: the negatives of a short pair are all of its qualifying documents, and those
-    satisfy condition 2 and are closer to Q than any document that fails condition 1, so they come first.
-    """
-    result = mine_negatives(
-        q_emb,
-        c_emb,
-        pair_rows[short],
-        excluded,
-        k + max(len(chosen[i]) for i in short),
-        metric,
-        rule=CandidateRule(closer_to_query_than_positive=True),
-        device=device,
-    )
-    out = []
-    for i, row in zip(short, result.indices.tolist()):
-        have = set(chosen[i])
-        out.append([d for d in row if d >= 0 and d not in have][: k - len(chosen[i])])
-    return out
-
-
-def _append_top_ups(name, short, extra_rows, chosen, distances, sources, pair_rows, q_emb, c_emb, metric, device):
-    """Append each short pair's top-up rows, closest first, with their decision distances, from ``name``."""
-    width = max((len(r) for r in extra_rows), default=0)
-    if width == 0:
-        return
-    candidates = torch.full((len(short), width), -1, dtype=torch.long)
-    for j, rows in enumerate(extra_rows):
-        candidates[j, : len(rows)] = torch.tensor(rows, dtype=torch.long)
-    dist = decision_distances(q_emb, c_emb, pair_rows[short, 0], candidates, metric, device=device)
-    for j, i in enumerate(short):
-        found = sorted(
-            ((float(dist[j, m]), d) for m, d in enumerate(extra_rows[j])), key=lambda x: (x[0], x[1])
-        )
-        chosen[i].extend(d for _, d in found)
-        distances[i].extend(x for x, _ in found)
-        sources[i].extend([name] * len(found))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -674,12 +625,12 @@ def _pairs_dataset(pair_texts, pairs, chosen, distances, sources, d_qp, corpus_i
     return datasets.Dataset.from_dict(columns, features=features)
 
 
-def _rows(mined: HardNegativeMining):
+def _rows(mined: _PairsView):
     for r in mined.pairs:
-        yield r["query"], r["positive"], r["negatives"], r["negative_distances"], r["positive_distance"]
+        yield r["query"], r["positive"], r["negatives"], r["negative_distances"], r.get("positive_distance")
 
 
-def _triplet(mined: HardNegativeMining, anchor: str, positive: str, scores: bool):
+def _triplet(mined: _PairsView, anchor: str, positive: str, scores: bool):
     columns: dict[str, list] = {anchor: [], positive: [], "negative": []}
     if scores:
         columns["scores"] = []
@@ -695,7 +646,7 @@ def _triplet(mined: HardNegativeMining, anchor: str, positive: str, scores: bool
     return columns, dropped
 
 
-def _n_tuple(mined: HardNegativeMining, anchor: str, positive: str, scores: bool):
+def _n_tuple(mined: _PairsView, anchor: str, positive: str, scores: bool):
     k = mined.num_negatives
     columns: dict[str, list] = {anchor: [], positive: [], **{f"negative_{i}": [] for i in range(1, k + 1)}}
     if scores:
@@ -714,7 +665,7 @@ def _n_tuple(mined: HardNegativeMining, anchor: str, positive: str, scores: bool
     return columns, dropped
 
 
-def _labeled_pair(mined: HardNegativeMining, anchor: str, positive: str, scores: bool):
+def _labeled_pair(mined: _PairsView, anchor: str, positive: str, scores: bool):
     label = "score" if scores else "label"
     columns: dict[str, list] = {anchor: [], positive: [], label: []}
     by_query: dict[str, tuple[list, dict]] = {}
@@ -731,7 +682,7 @@ def _labeled_pair(mined: HardNegativeMining, anchor: str, positive: str, scores:
     return columns, 0
 
 
-def _labeled_list(mined: HardNegativeMining, anchor: str, positive: str, scores: bool):
+def _labeled_list(mined: _PairsView, anchor: str, positive: str, scores: bool):
     label = "scores" if scores else "labels"
     columns: dict[str, list] = {anchor: [], positive: [], label: []}
     dropped = 0

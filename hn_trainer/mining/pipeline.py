@@ -92,8 +92,27 @@ def sampler_settings(mining_args: MiningArguments) -> dict:
 
 
 def load_data(data_args: DataArguments) -> RetrievalData:
-    """Load the dataset and apply the split options of `data_args`."""
-    data = load_beir(data_args.data, qrels=data_args.qrels)
+    """Load the dataset (BEIR, or pairs by `hn_trainer.data.pairs.load_pairs`) and apply the split options of
+    `data_args`.
+
+    Raises:
+        ConfigError: Pairs options (``--query_column``, ``--positive_column``, ``--corpus``,
+            ``--corpus_column``) given for BEIR data, where they mean nothing.
+    """
+    from hn_trainer.data.pairs import detect_format, load_pairs
+
+    options = {name: getattr(data_args, name) for name in ("query_column", "positive_column", "corpus", "corpus_column")}
+    given = [f"--{name}" for name, value in options.items() if value is not None]
+    data_format = data_args.data_format
+    if data_format == "auto":
+        data_format = detect_format(data_args.data, pairs_options=bool(given))
+    if data_format == "pairs":
+        data = load_pairs(data_args.data, split=data_args.split, **options)
+    else:
+        if given:
+            raise ConfigError(f"{', '.join(given)}: options of a pairs dataset, but --data {data_args.data} is BEIR "
+                              "data (set --data_format pairs if it is not)")
+        data = load_beir(data_args.data, qrels=data_args.qrels)
     if data_args.num_train_queries is not None:
         data = split_queries(
             data, data_args.num_train_queries, seed=data_args.split_seed,
@@ -102,11 +121,16 @@ def load_data(data_args: DataArguments) -> RetrievalData:
     return data
 
 
+def first_queries(pairs: list[tuple[str, str]], max_queries: int | None) -> list[tuple[str, str]]:
+    """The pairs of the first ``max_queries`` queries (in order of first appearance); all when ``None``."""
+    if max_queries is None:
+        return pairs
+    keep = set(list(dict.fromkeys(q for q, _ in pairs))[:max_queries])
+    return [(q, d) for q, d in pairs if q in keep]
+
+
 def split_pairs(data: RetrievalData, split: str, max_queries: int | None = None) -> list[tuple[str, str]]:
-    pairs = data.pairs(split)
-    if max_queries is not None:
-        keep = set(list(dict.fromkeys(q for q, _ in pairs))[:max_queries])
-        pairs = [(q, d) for q, d in pairs if q in keep]
+    pairs = first_queries(data.pairs(split), max_queries)
     if not pairs:
         raise HNTrainerError(f"split {split!r} of {data.name} has no (query, positive) pairs")
     return pairs
@@ -191,16 +215,58 @@ def mine_pairs(
         state=state,
     )
     seconds["mine"] = time.perf_counter() - t0
-    stats.update(mined_stats(dataset, width, mining_args), seconds=seconds)
-    stats["queries"], stats["documents"] = len(query_ids), len(data.corpus)
     if q_emb is not None:
         q_row = {q: i for i, q in enumerate(query_ids)}
         d_row = data.corpus_index()
         pair_rows = torch.tensor([[q_row[q], d_row[d]] for q, d in pairs], dtype=torch.long)
+    if mining_args.fallback != "none":
+        t0 = time.perf_counter()
+        dataset, report = _with_fallback(dataset, data, mining_args, width, query_ids, pair_rows, q_emb, c_emb)
+        stats.update(report)
+        seconds["fallback"] = time.perf_counter() - t0
+    stats.update(mined_stats(dataset, width, mining_args), seconds=seconds)
+    stats["queries"], stats["documents"] = len(query_ids), len(data.corpus)
+    if q_emb is not None:
         stats["distance_summary"] = distance_summary(
             q_emb, c_emb, pair_rows, dataset["negative_distances"], mining_args.metric
         )
     return MinedPairs(dataset, stats, query_ids, q_emb, c_emb, ensemble, corpus_ids=list(data.corpus["_id"]))
+
+
+def _with_fallback(dataset, data, mining_args, width, query_ids, pair_rows, q_emb, c_emb):
+    """The mined pairs with each short pool topped up by ``mining_args.fallback``, and what it added."""
+    from hn_trainer.mining.fallback import top_up
+    from hn_trainer.mining.kernel import MiningResult
+
+    d_row = data.corpus_index()
+    doc_ids = list(data.corpus["_id"])
+    chosen = [[d_row[d] for d in ids] for ids in dataset["negative_ids"]]
+    distances = [list(x) for x in dataset["negative_distances"]]
+    judged = all_positives(data)
+    excluded = [sorted({d_row[d] for d in judged.get(q, ()) if d in d_row}) for q in query_ids]
+    for q, d in pair_rows.tolist():
+        if d not in excluded[q]:
+            excluded[q] = sorted({*excluded[q], d})
+    before = [len(rows) for rows in chosen]
+    added = top_up(mining_args.fallback, chosen, distances, pair_rows, excluded, q_emb, c_emb, width,
+                   metric=mining_args.metric, seed=mining_args.mining_seed, device=mining_args.mining_device)
+    indices = torch.full((len(chosen), width), -1, dtype=torch.long)
+    dists = torch.full((len(chosen), width), float("inf"))
+    for i, (rows, x) in enumerate(zip(chosen, distances)):
+        indices[i, : len(rows)] = torch.tensor(rows, dtype=torch.long)
+        dists[i, : len(x)] = torch.tensor(x)
+    pairs = list(zip(dataset["query_id"], dataset["positive_id"]))
+    query_texts = dict(zip(dataset["query_id"], dataset["query"]))
+    topped = mined_dataset(query_ids, [query_texts.get(q, "") for q in query_ids], doc_ids, data.document_texts(),
+                           pairs, MiningResult(indices, dists))
+    report = {
+        "fallback": mining_args.fallback,
+        "pairs_short_of_dual_negatives": sum(1 for n in before if n < width),
+        "pairs_without_dual_negative": sum(1 for n in before if n == 0),
+        "fallback_negatives": sum(added),
+        "pairs_topped_up": sum(1 for n in added if n),
+    }
+    return topped, report
 
 
 def mine_pairs_from_embeddings(
@@ -361,19 +427,29 @@ def format_stats(stats: dict) -> str:
             s = summary[key]
             if s.get("count"):
                 lines.append(f"{name}: mean {s['mean']:.4f}, quartiles {s['p25']:.4f} / {s['median']:.4f} / {s['p75']:.4f}")
+    if stats.get("fallback", "none") != "none":
+        lines.append(f"fallback {stats['fallback']!r}: {stats['fallback_negatives']} negatives added to "
+                     f"{stats['pairs_topped_up']} pairs ({stats['pairs_without_dual_negative']} had no "
+                     "dual-condition negative)")
+    if "output_format" in stats:
+        lines.append(f"{stats['output_format']}: {stats['rows']} rows; {stats['pairs_dropped']} pairs dropped "
+                     "for lack of negatives")
     lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in stats["seconds"].items()))
     return "\n".join(lines)
 
 
-def save_mined(mined: MinedPairs, output_dir: str | Path, *, save_embeddings: bool = False) -> Path:
+def save_mined(mined: MinedPairs, output_dir: str | Path, *, save_embeddings: bool = False, exports=None) -> Path:
     """Write the mined pairs (``triples/`` via `save_to_disk`, ``triples.jsonl``), ``stats.json`` and
     optionally the vectors; each file lands atomically, and the folder's ``COMPLETE`` marker is removed
-    before the first write and written after the last (`hn_trainer.io.run_marker`)."""
+    before the first write and written after the last (`hn_trainer.io.run_marker`). ``exports(output_dir)``,
+    when given, writes more files (`hn_trainer.mining.export.write_exports`) before the stats and the marker."""
     output_dir = Path(output_dir)
     if save_embeddings and mined.query_embeddings is None:
         raise HNTrainerError(f"--save_embeddings: method {mined.stats['method']!r} uses no embeddings")
     t0 = time.perf_counter()
     with run_marker(output_dir) as marker:
+        if exports is not None:
+            mined.stats["exports"] = exports(output_dir)
         with atomic_path(output_dir / "triples") as tmp:
             mined.dataset.save_to_disk(str(tmp))
         write_jsonl(output_dir / "triples.jsonl", mined.dataset)
@@ -398,7 +474,11 @@ def run_mine(data_args: DataArguments, mining_args: MiningArguments, out_args: M
     mined = mine_pairs(data, data_args, mining_args, num_negatives=out_args.num_negatives, state=state)
     mined.stats["settings"] = {"data": asdict(data_args), "mining": asdict(mining_args)}
     if state.is_main_process:
-        save_mined(mined, out_args.output_dir, save_embeddings=out_args.save_embeddings)
+        from hn_trainer.mining.export import write_exports
+
+        width = out_args.num_negatives or mining_args.pool_size
+        save_mined(mined, out_args.output_dir, save_embeddings=out_args.save_embeddings,
+                   exports=lambda folder: write_exports(mined, data, out_args, mining_args, folder, num_negatives=width))
         print(format_stats(mined.stats))
         print(f"wrote {out_args.output_dir}")
     return mined.stats
