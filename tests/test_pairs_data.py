@@ -281,3 +281,35 @@ def test_train_from_a_pairs_file(tmp_path, pairs_file, corpus_file, tiny_bert_di
     assert "held out for the test" in results["selection"]["test"]
     assert "fine-tuned reranker" in results["rows"]
     assert results["settings"]["data"]["corpus"] == str(corpus_file)
+
+
+def test_bi_encoder_recipe_trains_a_sentence_transformer_on_n_tuples(tmp_path, pairs_file, corpus_file,
+                                                                       tiny_encoder_dir):
+    """The README's bi-encoder example: our n-tuple output through SentenceTransformerTrainer with
+    MultipleNegativesRankingLoss."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    path = Path(__file__).parents[1] / "recipes" / "train_bi_encoder.py"
+    spec = importlib.util.spec_from_file_location("train_bi_encoder", path)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+
+    before = SentenceTransformer(str(tiny_encoder_dir), device="cpu")
+    table_pairs = datasets.Dataset.from_dict({"question": [q for q, _ in ROWS], "answer": [p for _, p in ROWS]})
+    model = recipe.train_bi_encoder(table_pairs, str(tiny_encoder_dir), str(tmp_path / "bi"), corpus=CORPUS,
+                                    encoders=["lsa:8"], num_negatives=2, max_steps=3, batch_size=4,
+                                    learning_rate=1e-3, cache_dir=False)
+    reloaded = SentenceTransformer(str(tmp_path / "bi" / "final"), device="cpu")
+    text = ["what is a vcn"]
+    assert np.allclose(reloaded.encode(text), model.encode(text), atol=1e-5)
+    old, new = dict(before.named_parameters()), dict(model.named_parameters())
+    assert any(not torch.equal(old[n].cpu(), p.detach().cpu()) for n, p in new.items())
+    # the command line reads the same pairs from files
+    assert recipe.main(["--pairs", str(pairs_file), "--corpus", str(corpus_file), "--model", str(tiny_encoder_dir),
+                        "--encoders", "lsa:8", "--num_negatives", "1", "--epochs", "1", "--batch_size", "4",
+                        "--output_dir", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "final" / "config_sentence_transformers.json").exists()

@@ -72,6 +72,10 @@ class Table:
             return DataError(message, file=self.name, line=self.line_numbers[row])
         return DataError(f"row {self.line_numbers[row]}: {message}", file=self.name)
 
+    def to_dataset(self, columns: list[str]):
+        """These columns as a `datasets.Dataset` (each value checked by `texts`), in the given order."""
+        return datasets.Dataset.from_dict({c: self.texts(c) for c in columns})
+
     def texts(self, column: str) -> list[str]:
         """The column's values, each a non-empty text.
 
