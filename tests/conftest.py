@@ -84,6 +84,34 @@ def scifact_dir() -> Path:
     return SCIFACT
 
 
+SCIFACT_SLICE = {"train_queries": 200, "test_queries": 40, "other_documents": 600, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def scifact_slice_dir(scifact_dir, tmp_path_factory) -> Path:
+    """A seeded slice of SciFact in BEIR layout, for tests that encode with the real packaged models: the first
+    `SCIFACT_SLICE` training and test queries, every document judged for them, and a seeded draw of other
+    documents (the whole corpus takes minutes to encode on a 2-core CPU). Written to a temporary folder."""
+    import random
+
+    from hn_trainer.data import load_beir_folder
+
+    data = load_beir_folder(scifact_dir)
+    qrels, keep_docs = {}, set()
+    for split, n in (("train", SCIFACT_SLICE["train_queries"]), ("test", SCIFACT_SLICE["test_queries"])):
+        rows = list(zip(data.qrels[split]["query-id"], data.qrels[split]["corpus-id"], data.qrels[split]["score"]))
+        queries = list(dict.fromkeys(q for q, _, _ in rows))[:n]
+        qrels[split] = [r for r in rows if r[0] in set(queries)]
+        keep_docs |= {d for _, d, _ in qrels[split]}
+    others = sorted(set(data.corpus["_id"]) - keep_docs)
+    keep_docs |= set(random.Random(SCIFACT_SLICE["seed"]).sample(others, SCIFACT_SLICE["other_documents"]))
+    corpus = [(d, t, x) for d, t, x in zip(data.corpus["_id"], data.corpus["title"], data.corpus["text"])
+              if d in keep_docs]
+    judged = {q for rows in qrels.values() for q, _, _ in rows}
+    queries = [(q, t) for q, t in zip(data.queries["_id"], data.queries["text"]) if q in judged]
+    return write_beir(tmp_path_factory.mktemp("scifact-slice"), corpus, queries, qrels)
+
+
 def write_beir(root: Path, corpus, queries, qrels: dict[str, list[tuple[str, str, int]]]) -> Path:
     """Write a small BEIR folder: corpus [(id, title, text)], queries [(id, text)], qrels {split: [(q, d, s)]}."""
     import json

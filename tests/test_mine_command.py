@@ -169,13 +169,20 @@ def test_bad_pca_variance_and_encoder(tmp_path, tiny_beir, capsys):
 
 
 @pytest.mark.slow
-def test_scifact_train_pairs_with_minilm_and_lsa(tmp_path, scifact_dir, session_cache):
-    """The real packaged all-MiniLM-L6-v2 plus LSA on the 919 SciFact training pairs."""
-    rc, out = _mine(tmp_path, scifact_dir, "sentence-transformers/all-MiniLM-L6-v2,lsa", "--num_negatives", "5",
-                    "--save_embeddings", cache=session_cache)
+def test_scifact_train_pairs_with_minilm_and_lsa(tmp_path, scifact_slice_dir, session_cache):
+    """The real packaged all-MiniLM-L6-v2 plus LSA on the training pairs of a SciFact slice (its first 200
+    training queries, their documents and 600 others)."""
+    from conftest import SCIFACT_SLICE
+
+    from hn_trainer.data import load_beir_folder
+
+    data = load_beir_folder(scifact_slice_dir)
+    rc, out = _mine(tmp_path, scifact_slice_dir, "sentence-transformers/all-MiniLM-L6-v2,lsa", "--num_negatives",
+                    "5", "--save_embeddings", cache=session_cache)
     assert rc == 0
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["pairs"] == 919 and stats["queries"] == 809 and stats["documents"] == 5183
+    assert stats["pairs"] == len(data.pairs("train")) and stats["queries"] == SCIFACT_SLICE["train_queries"]
+    assert stats["documents"] == len(data.corpus) > SCIFACT_SLICE["other_documents"]
     assert stats["dim_concat"] == 384 + 256 and stats["dim_pca"] < stats["dim_concat"]
     assert stats["variance_kept"] >= 0.95
     # With a decent ensemble many positives already rank first: those pairs find no qualifying negative,

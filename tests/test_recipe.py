@@ -111,10 +111,10 @@ def test_two_cpu_processes_through_accelerate_launch(tmp_path, tiny_beir, tiny_b
 
 
 @pytest.mark.slow
-def test_scifact_slice_end_to_end(tmp_path, scifact_dir, session_cache):
+def test_scifact_slice_end_to_end(tmp_path, scifact_slice_dir, session_cache):
     """Mine, train a few steps and evaluate with the real packaged models on a slice of SciFact."""
     rc = main([
-        "train", "--data", str(scifact_dir), "--encoders", "sentence-transformers/all-MiniLM-L6-v2,lsa",
+        "train", "--data", str(scifact_slice_dir), "--encoders", "sentence-transformers/all-MiniLM-L6-v2,lsa",
         "--max_train_queries", "24", "--max_eval_queries", "12", "--max_steps", "4",
         "--per_device_train_batch_size", "4", "--max_length", "128", "--eval_candidates_k", "5",
         "--output_dir", str(tmp_path / "run"), "--save_strategy", "no", "--report_to", "none",
