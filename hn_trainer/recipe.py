@@ -65,25 +65,58 @@ class RecipeArguments:
     mined_dir: str | None = field(
         default=None, metadata={"help": "Train on the pairs a finished `hn-trainer mine` run wrote here instead of mining."}
     )
-    warm_start: Literal["none", "titles"] = field(
+    warm_start: Literal["none", "distill", "titles"] = field(
         default="none",
-        metadata={"help": "'titles': before the main training, adapt the reranker to the domain on "
-                  "(document title, document body) pseudo-queries with mined negatives (no labels needed)."},
+        metadata={"help": "Before the main training, adapt the reranker to the domain without labels. 'distill': "
+                  "distil the mining ensemble's similarities over each pseudo-query's nearest documents into the "
+                  "reranker (ListNetLoss), pseudo-queries being titles and sentences taken out of documents "
+                  "(hn_trainer.training.warm_start); 'titles': (title, body) pairs with mined negatives."},
+    )
+    warm_start_kinds: str = field(
+        default="titles,spans",
+        metadata={"help": "'distill' pseudo-queries: 'titles', 'spans' (inverse cloze) or both, comma-separated."},
+    )
+    warm_start_candidates: int = field(
+        default=7, metadata={"help": "'distill': the teacher's nearest documents per pseudo-query (besides its own)."}
+    )
+    warm_start_temperature: float = field(
+        default=0.05, metadata={"help": "'distill': teacher labels are cosine similarities divided by this."}
     )
     warm_start_negatives: Literal["dense_topk", "dual_condition", "random"] = field(
         default="dense_topk",
-        metadata={"help": "Negatives of the warm-start stage, mined in the same vector space. A title sits so close "
+        metadata={"help": "'titles': negatives, mined in the same vector space. A title sits so close "
                   "to its own document that the dual condition rarely finds a negative for it (those pairs "
                   "then get random negatives); 'dense_topk' takes the documents nearest the title."},
     )
     warm_start_epochs: float = field(default=1.0, metadata={"help": "Epochs of the warm-start stage."})
     warm_start_max_pairs: int | None = field(
-        default=None, metadata={"help": "Use at most this many title pseudo-queries (seeded draw)."}
+        default=None, metadata={"help": "Use at most this many pseudo-queries (seeded draw)."}
+    )
+    warm_start_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the warm start (default: learning_rate)."}
+    )
+    warm_start_eval_steps: int | None = field(
+        default=None,
+        metadata={"help": "'distill' with validation queries: evaluate every N warm-start steps (default: 4 times "
+                  "in all) and keep the best checkpoint, or the base when no checkpoint beats it."},
     )
     evaluate_base: bool = field(default=True, metadata={"help": "Evaluate the base reranker before training."})
     results_file: str = field(default="results.json", metadata={"help": "Metrics summary, in output_dir."})
 
     def __post_init__(self) -> None:
+        from hn_trainer.training.warm_start import KINDS
+
+        kinds = [k.strip() for k in str(self.warm_start_kinds).split(",") if k.strip()]
+        if not kinds or set(kinds) - set(KINDS):
+            raise ConfigError(f"--warm_start_kinds must name {' and/or '.join(KINDS)}, got {self.warm_start_kinds!r}")
+        for name in ("warm_start_candidates", "warm_start_eval_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {value}")
+        for name in ("warm_start_temperature", "warm_start_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name} must be positive, got {value}")
         if self.warm_start_epochs <= 0:
             raise ConfigError(f"--warm_start_epochs must be positive, got {self.warm_start_epochs}")
         if self.warm_start_max_pairs is not None and self.warm_start_max_pairs < 1:
@@ -307,6 +340,7 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
     card = HardNegativeModelCardData(model_id=train_args.hub_model_id, train_datasets=[{"name": data.name}],
                                      base_model_name=recipe_args.model_name_or_path)
     label = "fine-tuned reranker" if do_train else f"reranker ({recipe_args.model_name_or_path})"
+    selection = {"validation": splits.validation_source, "test": splits.test_source}
     if do_train:
         trainer = HardNegativeTrainer(recipe_args.model_name_or_path, train_args, train_dataset=pool,
                                       evaluator=validation, model_card_data=card)
@@ -316,15 +350,18 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
         model = load_reranker(recipe_args.model_name_or_path, max_length=train_args.max_length)
     if recipe_args.evaluate_base or not do_train:
         rows["base reranker" if do_train else label] = test(model)
-    if do_train and recipe_args.warm_start == "titles" and not train_args.resume_from_checkpoint:
+    if do_train and recipe_args.warm_start != "none" and not train_args.resume_from_checkpoint:
         # (a resumed run restores the weights from its checkpoint, warm start included)
-        _warm_start(trainer, data, mining_args, train_args, recipe_args, mined)
-        rows["after warm start"] = test(model)
+        if recipe_args.warm_start == "distill":
+            selection["warm_start"] = _distill_warm_start(trainer, data, mining_args, train_args, recipe_args,
+                                                          mined, validation)
+        else:
+            _warm_start(trainer, data, mining_args, train_args, recipe_args, mined)
+        rows["warm-started base"] = test(model)
     if do_train:
         trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
         model = trainer.model
         rows[label] = test(model)
-    selection = {"validation": splits.validation_source, "test": splits.test_source}
     if do_train and train_args.load_best_model_at_end:
         selection["checkpoint"] = f"{train_args.metric_for_best_model} on the validation queries"
     fusion_weight = None
@@ -390,6 +427,58 @@ def _warm_start(trainer, data, mining_args, train_args, recipe_args, mined) -> N
                    push_to_hub=False, eval_strategy="no", load_best_model_at_end=False, fill_random_negatives=True,
                    save_strategy="no", remine_steps=0)
     HardNegativeTrainer(trainer.model, args, train_dataset=titles).train()
+
+
+def _distill_warm_start(trainer, data, mining_args, train_args, recipe_args, mined, validation) -> str:
+    """Distil the ensemble into the reranker on pseudo-queries (`hn_trainer.training.warm_start`) with the host's
+    `CrossEncoderTrainer` and `ListNetLoss`. With validation queries the checkpoint with the best validation
+    metric is kept, or the base when none beats it. Returns what chose the result, for ``results.json``."""
+    import copy
+    import math
+    from dataclasses import replace
+
+    import torch
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer
+    from sentence_transformers.cross_encoder.losses import ListNetLoss
+
+    from hn_trainer.training.warm_start import warm_start_dataset
+
+    model = trainer.model
+    kinds = [k.strip() for k in recipe_args.warm_start_kinds.split(",") if k.strip()]
+    dataset = warm_start_dataset(
+        data, mined, kinds=kinds, max_queries=recipe_args.warm_start_max_pairs,
+        candidates=recipe_args.warm_start_candidates, temperature=recipe_args.warm_start_temperature,
+        seed=train_args.seed, batch_size=mining_args.embedding_batch_size, device=mining_args.mining_device,
+    )
+    steps = max(1, math.ceil(len(dataset) / train_args.per_device_train_batch_size / max(1, train_args.world_size)
+                             * recipe_args.warm_start_epochs / train_args.gradient_accumulation_steps))
+    select = validation is not None
+    every = recipe_args.warm_start_eval_steps or max(1, math.ceil(steps / 4))
+    metric = train_args.metric_for_best_model or "eval_mrr@10"
+    key = metric.removeprefix("eval_")
+    args = replace(
+        train_args, output_dir=str(Path(train_args.output_dir) / "warm_start"),
+        num_train_epochs=recipe_args.warm_start_epochs, max_steps=-1, resume_from_checkpoint=None, push_to_hub=False,
+        learning_rate=recipe_args.warm_start_learning_rate or train_args.learning_rate,
+        eval_strategy="steps" if select else "no", eval_steps=every, save_strategy="steps" if select else "no",
+        save_steps=every, save_total_limit=1 if select else None, load_best_model_at_end=select,
+        metric_for_best_model=metric if select else None, greater_is_better=True, remine_steps=0,
+    )
+    base_score = validation(model)[key] if select else None
+    base_state = copy.deepcopy(model.state_dict()) if select else None
+    host = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, evaluator=validation,
+                               loss=ListNetLoss(model, activation_fn=torch.nn.Identity()))
+    host.train()
+    n = len(dataset)
+    if not select:
+        return f"{n} pseudo-queries ({', '.join(kinds)}), {recipe_args.warm_start_epochs:g} epoch(s); no validation"
+    best, best_step = host.state.best_metric, host.state.best_global_step
+    if best is None or best <= base_score:
+        model.load_state_dict(base_state)
+        return (f"{n} pseudo-queries ({', '.join(kinds)}): no warm-start checkpoint beat the base on the validation "
+                f"queries ({key} {base_score:.4f}); the base was kept")
+    return (f"{n} pseudo-queries ({', '.join(kinds)}): checkpoint of step {best_step} of {host.state.global_step}, "
+            f"best {key} on the validation queries ({best:.4f}; base {base_score:.4f})")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,0 +1,91 @@
+"""The unlabeled warm start: pseudo-queries from titles and spans, listwise distillation rows from the ensemble,
+and the recipe stage that keeps the best warm-start checkpoint on validation queries."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hn_trainer.errors import ConfigError, HNTrainerError
+from hn_trainer.training.warm_start import distillation_dataset, pseudo_queries, sentences
+
+TITLES = ["Vaccines", "", "Networks"]
+BODIES = [
+    "Vaccines reduce infection in young children. Trials enrolled five thousand children in ten countries. "
+    "Side effects were mild.",
+    "Object storage keeps unstructured data in buckets. Buckets can be public or private to a tenancy.",
+    "A virtual cloud network is private.",
+]
+
+
+def test_sentences_split_after_end_marks_before_capitals():
+    assert sentences("A b c. D e! 3 f? g h. ") == ["A b c.", "D e!", "3 f? g h."]
+
+
+def test_titles_and_spans_with_the_span_taken_out_of_the_document():
+    pseudo = pseudo_queries(TITLES, BODIES, min_span_words=4, seed=1)
+    titles = [p for p in pseudo if p.kind == "title"]
+    spans = [p for p in pseudo if p.kind == "span"]
+    # a title for every titled document, shown its body alone
+    assert [(p.text, p.row, p.document) for p in titles] == [("Vaccines", 0, BODIES[0]), ("Networks", 2, BODIES[2])]
+    # a span for every document with a second sentence; the one-sentence document has none
+    assert [p.row for p in spans] == [0, 1]
+    for p in spans:
+        assert p.text in BODIES[p.row] and p.text not in p.document
+        assert len(p.text.split()) >= 4
+        assert p.document.startswith(TITLES[p.row])  # the title stays with the rest of the body
+    # seeded: the same spans again, and a different seed may choose others but always a real sentence
+    assert pseudo_queries(TITLES, BODIES, min_span_words=4, seed=1) == pseudo
+    assert len(pseudo_queries(TITLES, BODIES, kinds=["spans"], max_queries=1, seed=3)) == 1
+    with pytest.raises(ConfigError, match="kinds must be among"):
+        pseudo_queries(TITLES, BODIES, kinds=["questions"])
+
+
+def test_distillation_rows_follow_the_teacher_with_the_own_document_first():
+    rng = np.random.default_rng(0)
+    corpus = rng.normal(size=(6, 4)).astype(np.float32)
+    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+    titles = [f"t{i}" for i in range(6)]
+    bodies = [f"body {i}" for i in range(6)]
+    pseudo = pseudo_queries(titles, bodies, kinds=["titles"])
+    queries = corpus + 0.3 * rng.normal(size=corpus.shape).astype(np.float32)
+    ds = distillation_dataset(pseudo, queries, corpus, titles, bodies, candidates=3, temperature=0.1, margin=0.05)
+    assert ds.column_names == ["query", "documents", "labels"] and len(ds) == 6
+    qn = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    for p, row in zip(pseudo, ds):
+        sims = corpus @ qn[p.row]
+        others = [i for i in np.argsort(-sims) if i != p.row][:3]
+        assert row["documents"] == [bodies[p.row]] + [bodies[i] for i in others]
+        assert np.allclose(row["labels"][1:], sims[others] / 0.1, atol=1e-4)
+        # the pseudo-positive is at least `margin` above the best candidate, never below its own similarity
+        assert row["labels"][0] >= max(row["labels"][1:]) + 0.05 / 0.1 - 1e-4
+        assert row["labels"][0] >= sims[p.row] / 0.1 - 1e-4
+    with pytest.raises(HNTrainerError, match="no pseudo-query"):
+        distillation_dataset([], queries, corpus, titles, bodies)
+
+
+def test_recipe_distills_and_keeps_the_better_of_base_and_checkpoints(tmp_path, tiny_beir, tiny_bert_dir,
+                                                                      tiny_encoder_dir):
+    from test_recipe import _args
+
+    from hn_trainer.cli import main
+
+    args = _args(tmp_path, tiny_beir, tiny_bert_dir, tiny_encoder_dir, "--warm_start", "distill",
+                 "--warm_start_candidates", "3", "--warm_start_eval_steps", "2", "--validation_queries", "1")
+    assert main(["train", *args]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert "warm-started base" in results["rows"]
+    chosen = results["selection"]["warm_start"]
+    assert "pseudo-queries (titles, spans)" in chosen and "validation queries" in chosen
+    assert results["settings"]["recipe"]["warm_start"] == "distill"
+
+
+def test_warm_start_arguments_are_checked(capsys):
+    from hn_trainer.cli import main
+
+    assert main(["train", "--warm_start_kinds", "questions"]) == 1
+    assert "--warm_start_kinds must name titles and/or spans" in capsys.readouterr().err
+    assert main(["train", "--warm_start_temperature", "0"]) == 1
+    assert "--warm_start_temperature must be positive" in capsys.readouterr().err
