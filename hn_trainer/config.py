@@ -149,6 +149,12 @@ class MiningArguments:
                   "(top up with uniformly drawn unjudged documents), 'condition2' (top up with the documents "
                   "closest to Q among those closer to Q than to the positive, d(Q,D) < d(PD,D))."},
     )
+    spread_negatives: bool = field(
+        default=True,
+        metadata={"help": "A query with several positives: reorder each pair's pool so that its hardest negative "
+                  "is not one an earlier pair of the query already leads with, where the pool allows (every "
+                  "negative still qualifies for its own pair). false: each pool closest first, as mined."},
+    )
     keep_pairs_without_negatives: bool = field(
         default=False,
         metadata={"help": "Keep (query, positive) pairs for which mining found no negative (they train on "

@@ -146,18 +146,19 @@ def test_mined_stats_by_hand():
     import datasets
 
     rows = {
-        "query_id": ["q0", "q0", "q1"],
-        "negative_ids": [["a", "b"], [], ["a"]],
+        "query_id": ["q0", "q0", "q1", "q1"],
+        "negative_ids": [["a", "b"], [], ["a"], ["a"]],
     }
     stats = mined_stats(datasets.Dataset.from_dict(rows), 2, MiningArguments(encoders="lsa"))
     assert stats == {
-        "pairs": 3,
+        "pairs_sharing_hardest_negative": 1,
+        "pairs": 4,
         "num_negatives": 2,
         "metric": "cosine",
         "conditions": "both",
         "pairs_with_no_negative": 1,
-        "pairs_with_fewer_than_k": 2,
-        "negatives": 3,
+        "pairs_with_fewer_than_k": 3,
+        "negatives": 4,
         "distinct_negatives_per_query": 1.5,
     }
 
@@ -228,3 +229,34 @@ def test_prepare_output_dir_refuses_an_unwritable_folder(tmp_path):
             prepare_output_dir(locked / "inside")
     finally:
         locked.chmod(0o700)
+
+
+def test_spread_negatives_gives_each_pair_of_a_query_its_own_hardest_negative():
+    import datasets
+
+    from hn_trainer.mining.pipeline import MINED_FEATURES, shared_hardest_negatives, spread_negatives
+
+    rows = [  # query a has three positives whose pools share their closest documents
+        ("a", "p1", ["n1", "n2", "n3"], [0.1, 0.2, 0.3]),
+        ("a", "p2", ["n1", "n2", "n4"], [0.1, 0.2, 0.4]),
+        ("b", "p3", ["n1", "n2"], [0.1, 0.2]),  # another query: n1 is free for it
+        ("a", "p4", ["n1", "n2"], [0.1, 0.2]),  # its whole pool already leads: kept as it is
+        ("a", "p5", [], []),
+    ]
+    features = datasets.Features({
+        name: datasets.List(datasets.Value(kind[0])) if isinstance(kind, list) else datasets.Value(kind)
+        for name, kind in MINED_FEATURES.items()
+    })
+    ds = datasets.Dataset.from_dict({
+        "query_id": [r[0] for r in rows], "query": [r[0] for r in rows], "positive_id": [r[1] for r in rows],
+        "positive": [r[1] for r in rows], "negative_ids": [r[2] for r in rows],
+        "negatives": [[f"text {n}" for n in r[2]] for r in rows], "negative_distances": [r[3] for r in rows],
+    }, features=features)
+    assert shared_hardest_negatives(ds) == 2
+    spread, reordered = spread_negatives(ds)
+    assert spread["negative_ids"] == [["n1", "n2", "n3"], ["n2", "n4", "n1"], ["n1", "n2"], ["n1", "n2"], []]
+    assert spread["negatives"][1] == ["text n2", "text n4", "text n1"]
+    assert spread["negative_distances"][1] == pytest.approx([0.2, 0.4, 0.1])
+    assert reordered == 1 and shared_hardest_negatives(spread) == 1
+    # nothing added or dropped
+    assert [sorted(x) for x in spread["negative_ids"]] == [sorted(r[2]) for r in rows]

@@ -475,7 +475,6 @@ def format_hard_negative_stats(stats: dict) -> str:
         f"pairs with fewer than {stats['num_negatives']} dual-condition negatives: "
         f"{stats['pairs_short_of_dual_negatives']} (none found: {stats['pairs_without_dual_negative']})"
     )
-    lines.append(f"distinct negatives per query: {stats['distinct_negatives_per_query']:.2f}")
     return "\n".join(lines)
 
 

@@ -224,6 +224,9 @@ def mine_pairs(
         dataset, report = _with_fallback(dataset, data, mining_args, width, query_ids, pair_rows, q_emb, c_emb)
         stats.update(report)
         seconds["fallback"] = time.perf_counter() - t0
+    stats["pairs_sharing_hardest_negative_as_mined"] = shared_hardest_negatives(dataset)
+    if mining_args.spread_negatives:
+        dataset, stats["pools_reordered"] = spread_negatives(dataset)
     stats.update(mined_stats(dataset, width, mining_args), seconds=seconds)
     stats["queries"], stats["documents"] = len(query_ids), len(data.corpus)
     if q_emb is not None:
@@ -371,6 +374,49 @@ def mined_dataset(query_ids, query_texts, doc_ids, doc_texts, pairs, result) -> 
     return datasets.Dataset.from_dict(columns, features=features)
 
 
+def shared_hardest_negatives(dataset: Any) -> int:
+    """Pairs whose hardest negative is that of an earlier pair of the same query."""
+    seen: dict[str, set[str]] = {}
+    shared = 0
+    for q, negs in zip(dataset["query_id"], dataset["negative_ids"]):
+        if negs:
+            first = seen.setdefault(q, set())
+            shared += negs[0] in first
+            first.add(negs[0])
+    return shared
+
+
+def spread_negatives(dataset: Any) -> tuple[Any, int]:
+    """Reorder the pools of a query's pairs so that each pair leads with a hardest negative no earlier pair of
+    the query leads with, where its pool has one.
+
+    Pairs are taken in dataset order; a pair's pool becomes its negatives not yet used to lead, closest first,
+    followed by the used ones, closest first. Nothing is added or dropped: each negative still satisfies the
+    conditions for its own pair, and a query with one positive keeps its pool as mined.
+
+    Returns:
+        The dataset with reordered ``negative_ids``, ``negatives`` and ``negative_distances``, and how many pools
+        changed order.
+    """
+    import datasets
+
+    columns = {name: list(dataset[name]) for name in dataset.column_names}
+    leading: dict[str, set[str]] = {}
+    reordered = 0
+    for i, q in enumerate(columns["query_id"]):
+        ids = columns["negative_ids"][i]
+        if not ids:
+            continue
+        used = leading.setdefault(q, set())
+        order = [j for j, d in enumerate(ids) if d not in used] + [j for j, d in enumerate(ids) if d in used]
+        if order != list(range(len(ids))):
+            reordered += 1
+            for name in ("negative_ids", "negatives", "negative_distances"):
+                columns[name][i] = [columns[name][i][j] for j in order]
+        used.add(columns["negative_ids"][i][0])
+    return datasets.Dataset.from_dict(columns, features=dataset.features), reordered
+
+
 def mined_stats(dataset: Any, num_negatives: int, mining_args: MiningArguments) -> dict:
     """Counts of what mining found: pairs, pairs with no or too few negatives, distinct negatives per query."""
     found = [len(n) for n in dataset["negative_ids"]]
@@ -378,6 +424,7 @@ def mined_stats(dataset: Any, num_negatives: int, mining_args: MiningArguments) 
     for q, negs in zip(dataset["query_id"], dataset["negative_ids"]):
         per_query.setdefault(q, set()).update(negs)
     return {
+        "pairs_sharing_hardest_negative": shared_hardest_negatives(dataset),
         "pairs": len(found),
         "num_negatives": num_negatives,
         "metric": mining_args.metric,
@@ -415,6 +462,10 @@ def format_stats(stats: dict) -> str:
         f"pairs with no negative: {stats['pairs_with_no_negative']}"
         f" ({100 * stats['pairs_with_no_negative'] / max(stats['pairs'], 1):.1f}%)",
         f"pairs with fewer than {stats['num_negatives']}: {stats['pairs_with_fewer_than_k']}",
+        f"distinct negatives per query: {stats['distinct_negatives_per_query']:.2f}; pairs leading with the "
+        f"hardest negative of an earlier pair of their query: {stats['pairs_sharing_hardest_negative']}"
+        + (f" ({stats['pairs_sharing_hardest_negative_as_mined']} as mined)"
+           if "pairs_sharing_hardest_negative_as_mined" in stats else ""),
     ]
     if "dim_concat" in stats:
         lines.append(
