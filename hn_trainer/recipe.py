@@ -100,6 +100,9 @@ class RecipeArguments:
         metadata={"help": "'distill' with validation queries: evaluate every N warm-start steps (default: 4 times "
                   "in all) and keep the best checkpoint, or the base when no checkpoint beats it."},
     )
+    show_triples: int = field(
+        default=0, metadata={"help": "Print this many mined (query, positive, hard negative) triples (seeded draw)."}
+    )
     evaluate_base: bool = field(default=True, metadata={"help": "Evaluate the base reranker before training."})
     results_file: str = field(default="results.json", metadata={"help": "Metrics summary, in output_dir."})
 
@@ -286,6 +289,41 @@ def choose_fusion_weight(first_stage: dict, reranked: dict, qrels: dict, grid=FU
     return max(scored)[1]
 
 
+def format_triples(mined, n: int, *, seed: int = 42, width: int = 110) -> str:
+    """``n`` of the pairs of a `MinedPairs` with a hard negative (a seeded draw), each with its hardest negative
+    and, when mining used vectors, the three distances of the conditions: d(Q,HN) < d(Q,PD) and
+    d(Q,HN) < d(PD,HN)."""
+    import numpy as np
+
+    pairs = mined.dataset
+    have = [i for i, negs in enumerate(pairs["negative_ids"]) if negs]
+    picks = sorted(random.Random(seed).sample(have, min(n, len(have))))
+    vectors = mined.query_embeddings is not None and mined.corpus_ids and mined.stats.get("metric") == "cosine"
+
+    def cut(text: str) -> str:
+        return text if len(text) <= width else text[: width - 3] + "..."
+
+    def unit(x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        return x / np.linalg.norm(x)
+
+    q_row = {q: i for i, q in enumerate(mined.query_ids)}
+    d_row = {d: i for i, d in enumerate(mined.corpus_ids)}
+    lines = [f"{len(picks)} of the {len(have)} mined pairs with a hard negative:"]
+    for i in picks:
+        row = pairs[i]
+        lines += [f"  query:          {cut(row['query'])}", f"  positive:       {cut(row['positive'])}",
+                  f"  hard negative:  {cut(row['negatives'][0])}"]
+        if vectors:
+            q = unit(mined.query_embeddings[q_row[row["query_id"]]])
+            p = unit(mined.corpus_embeddings[d_row[row["positive_id"]]])
+            h = unit(mined.corpus_embeddings[d_row[row["negative_ids"][0]]])
+            lines.append(f"  cosine distances: d(Q,HN) {1 - q @ h:.3f} < d(Q,PD) {1 - q @ p:.3f}, "
+                         f"d(Q,HN) < d(PD,HN) {1 - p @ h:.3f}")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 def format_table(rows: dict[str, dict[str, float]], keys=("mrr@3", "mrr@10", "ndcg@10")) -> str:
     width = max(len(r) for r in rows) + 2
     lines = [f"{'':<{width}}" + "".join(f"{k:>10}" for k in keys)]
@@ -320,6 +358,8 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
     pool = mined = None
     if do_train:
         pool, mined = training_pool(data, data_args, mining_args, recipe_args, splits, state)
+        if recipe_args.show_triples and mined is not None and state.is_main_process:
+            print(format_triples(mined, recipe_args.show_triples, seed=train_args.seed))
     candidates = {
         name: first_stage_run(data, eval_args, mining_args, mined, qrels, state)
         for name, qrels in (("validation", splits.validation), ("test", splits.test)) if qrels
@@ -511,6 +551,7 @@ DEMO_DEFAULTS = {
     "save_strategy": "no",
     "eval_strategy": "no",
     "report_to": "none",
+    "show_triples": 3,
 }
 
 

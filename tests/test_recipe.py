@@ -139,6 +139,14 @@ def test_demo_command_runs_on_the_packaged_corpus(tmp_path, tiny_bert_dir, tiny_
     assert rc == 0
     out = capsys.readouterr().out
     assert "6 test queries" in out and "fine-tuned reranker" in out
+    # three mined triples, each with the distances of both conditions, and the conditions hold
+    assert out.count("  hard negative:  ") == 3
+    import re
+
+    distances = re.findall(r"d\(Q,HN\) ([\d.]+) < d\(Q,PD\) ([\d.]+), d\(Q,HN\) < d\(PD,HN\) ([\d.]+)", out)
+    assert len(distances) == 3
+    for hn_q, q_pd, pd_hn in distances:
+        assert float(hn_q) <= float(q_pd) and float(hn_q) <= float(pd_hn)
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert results["settings"]["data"]["data"] == "demo"
     assert (tmp_path / "demo" / "final" / "README.md").exists()
