@@ -366,6 +366,7 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
     }
     first_name = f"first stage ({eval_args.first_stage}, top {eval_args.eval_candidates_k})"
     rows = {first_name: retrieval_metrics(candidates["test"], splits.test)}
+    per_query = {first_name: _per_query_mrr(candidates["test"], splits.test)}
     query_texts = dict(zip(data.queries["_id"], data.queries["text"]))
     doc_texts = dict(zip(data.corpus["_id"], data.document_texts()))
 
@@ -390,6 +391,7 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
         model = load_reranker(recipe_args.model_name_or_path, max_length=train_args.max_length)
     if recipe_args.evaluate_base or not do_train:
         rows["base reranker" if do_train else label] = test(model)
+        per_query["base reranker" if do_train else label] = _per_query_mrr(test.last_run, splits.test)
     if do_train and recipe_args.warm_start != "none" and not train_args.resume_from_checkpoint:
         # (a resumed run restores the weights from its checkpoint, warm start included)
         if recipe_args.warm_start == "distill":
@@ -398,10 +400,14 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
         else:
             _warm_start(trainer, data, mining_args, train_args, recipe_args, mined)
         rows["warm-started base"] = test(model)
+        per_query["warm-started base"] = _per_query_mrr(test.last_run, splits.test)
+        if state.is_main_process:
+            trainer.model.save_pretrained(str(Path(train_args.output_dir) / "warm_start" / "final"))
     if do_train:
         trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
         model = trainer.model
         rows[label] = test(model)
+        per_query[label] = _per_query_mrr(test.last_run, splits.test)
     if do_train and train_args.load_best_model_at_end:
         selection["checkpoint"] = f"{train_args.metric_for_best_model} on the validation queries"
     fusion_weight = None
@@ -410,12 +416,13 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
         fusion_weight = choose_fusion_weight(candidates["validation"], validation.last_run, splits.validation)
         selection["fusion_weight"] = "MRR@10 on the validation queries"
         # test.last_run holds the final model's scores: its row above was the last test evaluation
-        rows["fused"] = retrieval_metrics(
-            fuse_runs(candidates["test"], test.last_run, fusion_weight), splits.test
-        )
+        fused = fuse_runs(candidates["test"], test.last_run, fusion_weight)
+        rows["fused"] = retrieval_metrics(fused, splits.test)
+        per_query["fused"] = _per_query_mrr(fused, splits.test)
     summary = {
         "rows": rows, "seconds": time.perf_counter() - t_start, "eval_queries": len(splits.test),
         "validation_queries": len(splits.validation), "fusion_weight": fusion_weight, "selection": selection,
+        "per_query_mrr@10": per_query,
         "settings": {"data": asdict(data_args), "mining": asdict(mining_args), "evaluation": asdict(eval_args),
                      "recipe": asdict(recipe_args)},
     }
@@ -440,6 +447,13 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
         if fusion_weight is not None:
             print(f"fused: w * z(reranker) + (1 - w) * z(first stage), w = {fusion_weight:.1f} chosen on the validation queries")
     return summary
+
+
+def _per_query_mrr(run: dict, qrels: dict) -> dict[str, float]:
+    """MRR@10 of each test query: what paired tests across runs and seeds compare."""
+    from hn_trainer.evaluation.metrics import per_query_metrics
+
+    return per_query_metrics(run, qrels, mrr_at=(10,), ndcg_at=(), recall_at=())["mrr@10"]
 
 
 def _mining_card(mining_args, pool, mined) -> dict:

@@ -80,6 +80,15 @@ def test_recipe_distills_and_keeps_the_better_of_base_and_checkpoints(tmp_path, 
     chosen = results["selection"]["warm_start"]
     assert "pseudo-queries (titles, spans)" in chosen and "validation queries" in chosen
     assert results["settings"]["recipe"]["warm_start"] == "distill"
+    # the warm-started base is saved for reuse as a base model, and every row has its per-query scores
+    from sentence_transformers import CrossEncoder
+
+    assert CrossEncoder(str(tmp_path / "run" / "warm_start" / "final")).predict([("a", "b")]).shape == (1,)
+    per_query = results["per_query_mrr@10"]
+    assert set(per_query) == set(results["rows"])
+    for name, scores in per_query.items():
+        assert len(scores) == results["eval_queries"]
+        assert sum(scores.values()) / len(scores) == pytest.approx(results["rows"][name]["mrr@10"])
 
 
 def test_warm_start_arguments_are_checked(capsys):
