@@ -1,0 +1,240 @@
+"""Comparison rows with several seeds, each run by the recipe itself (`hn-trainer train`), with paired tests and
+95% intervals.
+
+Every run is ``hn-trainer train --config CONFIG`` plus the row's flags and ``--seed S``, in its own process, so
+its numbers come from the code users run: the same mining, warm start, training, validation-chosen checkpoint
+and fusion weight, and evaluation. The benchmark only adds rows, seeds and statistics.
+
+Per seed, the ``ours`` row runs first with the config's warm start (``--warm_start distill`` by default); it
+saves the warm-started base to ``warm_start/final``, and every other row of that seed fine-tunes that same
+model (``--warm_start none``), so rows differ only in how negatives are chosen. The ``ours`` runs also give the
+first stage and the warm-started base rows.
+
+Runs are resumable: each finished (row, seed) writes ``OUT/<row>/seed<S>.json`` (the recipe's
+``results.json`` plus the machine, the load average before and after, and the command) and is never rerun, so
+rows accumulate across sessions and machines; commit the files as they finish. ``--report`` rebuilds
+``OUT/README.md`` from whatever is there.
+
+Statistics, on the test queries: a row's score is the mean over its seeds of the test MRR@10; per query, the
+seed-averaged MRR@10 is what the 95% interval (bootstrap over queries, 10,000 seeded resamples) and the paired
+test against ``ours`` (permutation test over per-query differences, on the seeds both rows have) use.
+
+Example:
+    HF_HUB_OFFLINE=1 python benchmarks/power.py --seeds 0 1 2                    # every row, three seeds
+    HF_HUB_OFFLINE=1 python benchmarks/power.py --rows ours random --seeds 0     # some rows
+    python benchmarks/power.py --report                                           # the table only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks._machine import load_average, machine_info  # noqa: E402
+
+DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "power"
+DEFAULT_CONFIG = REPO_ROOT / "recipes" / "configs" / "scifact.yaml"
+OURS = "ours"
+ROWS: dict[str, list[str]] = {
+    OURS: [],  # the config: dual-condition negatives, the paper's "none" for pairs without one
+    "ours + fallback condition2": ["--fallback", "condition2"],
+    "random": ["--method", "random"],
+    "bm25": ["--method", "bm25"],
+    "dense top-k": ["--method", "dense_topk"],
+    "positive-aware": ["--method", "positive_aware"],
+    "ours, condition 1 only": ["--conditions", "query"],
+}
+"""Row name -> flags added to the config (the ablation rows may run with fewer seeds; the report says how many)."""
+SHARED_ROWS = ("first stage", "warm-started base")
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+
+
+def result_path(out: Path, row: str, seed: int) -> Path:
+    return out / slug(row) / f"seed{seed}.json"
+
+
+def run_command(row: str, seed: int, config: Path, out: Path, work: Path, extra: list[str]) -> list[str]:
+    """The ``hn-trainer train`` command of one (row, seed)."""
+    flags = ["--config", str(config), "--seed", str(seed), "--output_dir", str(work / slug(row) / f"seed{seed}"),
+             "--save_total_limit", "1"]
+    if row != OURS:
+        base = work / slug(OURS) / f"seed{seed}" / "warm_start" / "final"
+        flags += ["--model_name_or_path", str(base), "--warm_start", "none", "--evaluate_base", "false"]
+    return [sys.executable, "-m", "hn_trainer.cli", "train", *flags, *ROWS[row], *extra]
+
+
+def run_one(row: str, seed: int, config: Path, out: Path, work: Path, extra: list[str]) -> dict:
+    """Run one (row, seed) unless its result exists; returns the result."""
+    path = result_path(out, row, seed)
+    if path.exists():
+        return json.loads(path.read_text())
+    if row != OURS and not (work / slug(OURS) / f"seed{seed}" / "warm_start" / "final").exists():
+        run_one(OURS, seed, config, out, work, extra)
+    command = run_command(row, seed, config, out, work, extra)
+    print(f"[power] {row}, seed {seed}: {shlex.join(command)}", flush=True)
+    load_before, t0 = load_average(), time.perf_counter()
+    subprocess.run(command, check=True, cwd=REPO_ROOT)
+    results = json.loads((work / slug(row) / f"seed{seed}" / "results.json").read_text())
+    record = {"row": row, "seed": seed, "command": shlex.join(command[1:]), "wall_s": time.perf_counter() - t0,
+              "load_before": load_before, "load_after": load_average(), "machine": machine_info(), **results}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(path)
+    return record
+
+
+# ----- statistics -------------------------------------------------------------------------------------------
+
+
+def bootstrap_interval(values: np.ndarray, *, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of ``values`` (per-query scores), resampling queries."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def _row_of(result: dict, name: str) -> str | None:
+    """The results.json row a benchmark row reads: the fine-tuned reranker, or a shared row by its prefix."""
+    if name in SHARED_ROWS:
+        return next((r for r in result["rows"] if r.startswith(name)), None)
+    return "fine-tuned reranker"
+
+
+def collect(out: Path) -> dict[str, dict[int, dict]]:
+    """``{row: {seed: {"alone": per-query, "fused": per-query, "mrr": ..., "fused_mrr": ...}}}`` of every
+    finished run, with the shared rows taken from the ``ours`` runs."""
+    found: dict[str, dict[int, dict]] = {}
+    for name in ROWS:
+        for path in sorted((out / slug(name)).glob("seed*.json")):
+            result = json.loads(path.read_text())
+            seed = int(result["seed"])
+            per_query = result["per_query_mrr@10"]
+            found.setdefault(name, {})[seed] = {
+                "alone": per_query["fine-tuned reranker"], "fused": per_query.get("fused"),
+                "mrr": result["rows"]["fine-tuned reranker"]["mrr@10"],
+                "fused_mrr": result["rows"].get("fused", {}).get("mrr@10"), "load": result.get("load_before"),
+                "cpu": result.get("machine", {}).get("cpu"), "gpu": result.get("machine", {}).get("gpu"),
+            }
+            if name == OURS:
+                for shared in SHARED_ROWS:
+                    row = _row_of(result, shared)
+                    if row in result["rows"]:
+                        found.setdefault(shared, {})[seed] = {
+                            "alone": per_query[row], "fused": None, "mrr": result["rows"][row]["mrr@10"],
+                            "fused_mrr": None, "load": result.get("load_before"),
+                            "cpu": result.get("machine", {}).get("cpu"), "gpu": result.get("machine", {}).get("gpu"),
+                        }
+    return found
+
+
+def seed_average(runs: dict[int, dict], key: str, seeds: list[int]) -> dict[str, float] | None:
+    per_seed = [runs[s][key] for s in seeds if runs[s].get(key)]
+    if len(per_seed) != len(seeds):
+        return None
+    queries = sorted(per_seed[0])
+    return {q: float(np.mean([p[q] for p in per_seed])) for q in queries}
+
+
+def summarize(found: dict[str, dict[int, dict]]) -> list[dict]:
+    """One line per row: seeds, mean MRR@10 alone and fused with 95% intervals, paired test against ours."""
+    from hn_trainer.evaluation.metrics import paired_test
+
+    lines = []
+    for name in [*SHARED_ROWS, *ROWS]:
+        runs = found.get(name)
+        if not runs:
+            continue
+        seeds = sorted(runs)
+        line = {"row": name, "seeds": seeds, "cpu": sorted({str(r["cpu"]) for r in runs.values()}),
+                "load": [runs[s]["load"] for s in seeds]}
+        for key, label in (("alone", "mrr"), ("fused", "fused_mrr")):
+            averaged = seed_average(runs, key, seeds)
+            if averaged is None:
+                continue
+            values = np.array(list(averaged.values()))
+            line[label] = float(np.mean([runs[s][label] for s in seeds]))
+            line[f"{label}_ci"] = bootstrap_interval(values)
+            line[f"{label}_per_seed"] = [runs[s][label] for s in seeds]
+            ours = found.get(OURS, {})
+            common = [s for s in seeds if s in ours]
+            if name != OURS and common:
+                mine = seed_average(runs, key, common)
+                theirs = seed_average(ours, key, common)
+                if mine and theirs and set(mine) == set(theirs):
+                    test = paired_test(theirs, mine)
+                    line[f"{label}_vs_ours"] = {"ours_minus_row": test.mean_difference, "p_value": test.p_value,
+                                                "seeds": common, "queries": test.n}
+        lines.append(line)
+    return lines
+
+
+def format_report(lines: list[dict], out: Path) -> str:
+    def cell(line, key):
+        if key not in line:
+            return "-"
+        low, high = line[f"{key}_ci"]
+        return f"{line[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+    def versus(line, key):
+        test = line.get(f"{key}_vs_ours")
+        if not test:
+            return "-"
+        return f"{test['ours_minus_row']:+.3f} (p = {test['p_value']:.3f}, {len(test['seeds'])} seeds)"
+
+    table = ["| row | seeds | MRR@10 alone [95% CI] | ours - row, alone | MRR@10 fused [95% CI] | ours - row, fused |",
+             "|---|---|---|---|---|---|"]
+    for line in lines:
+        table.append(f"| {line['row']} | {len(line['seeds'])} | {cell(line, 'mrr')} | {versus(line, 'mrr')} | "
+                     f"{cell(line, 'fused_mrr')} | {versus(line, 'fused_mrr')} |")
+    machines = sorted({c for line in lines for c in line["cpu"]})
+    return "\n".join([
+        "# Comparison rows with seeds (generated by `benchmarks/power.py --report`)", "",
+        f"Each run is `hn-trainer train --config {DEFAULT_CONFIG.relative_to(REPO_ROOT)}` plus the row's flags "
+        "and a seed; the command, machine and load of each run are in its JSON file beside this one. MRR@10 on "
+        "the test queries, the mean over seeds; intervals: bootstrap over queries of the seed-averaged "
+        "per-query MRR@10; `ours - row`: mean per-query difference and the permutation test's two-sided p-value "
+        "on the seeds both rows have.", "", *table, "", f"Machines: {', '.join(machines) or '-'}.", "",
+    ])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), metavar="ROW")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Where finished runs and the report go.")
+    parser.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "power", help="Run folders (models).")
+    parser.add_argument("--report", action="store_true", help="Only rebuild the report from finished runs.")
+    args, extra = parser.parse_known_args(argv)
+    if not args.report:
+        for seed in args.seeds:
+            for row in args.rows:
+                run_one(row, seed, args.config, args.out, args.work, extra)
+    lines = summarize(collect(args.out))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(lines, indent=1) + "\n")
+    report = format_report(lines, args.out)
+    (args.out / "README.md").write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""`benchmarks/power.py`: rows x seeds through the recipe, resumable, with intervals and paired tests."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import power  # noqa: E402
+
+
+def _fake_result(out, row, seed, scores, fused=None):
+    per_query = {"fine-tuned reranker": scores, "first stage (dense, top 20)": {q: 0.5 for q in scores}}
+    if fused:
+        per_query["fused"] = fused
+    rows = {name: {"mrr@10": float(np.mean(list(v.values())))} for name, v in per_query.items()}
+    path = power.result_path(out, row, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"row": row, "seed": seed, "rows": rows, "per_query_mrr@10": per_query,
+                                "machine": {"cpu": "test cpu"}, "load_before": [0.1, 0.1, 0.1]}))
+
+
+def test_statistics_average_seeds_per_query_and_test_against_ours(tmp_path):
+    queries = [f"q{i}" for i in range(40)]
+    rng = np.random.default_rng(0)
+    for seed in (0, 1):
+        _fake_result(tmp_path, "ours", seed, {q: 1.0 for q in queries}, fused={q: 1.0 for q in queries})
+        _fake_result(tmp_path, "random", seed, {q: float(rng.choice([0.0, 0.5])) for q in queries})
+    _fake_result(tmp_path, "bm25", 0, {q: 1.0 for q in queries})  # one seed only: compared on that seed
+    lines = {line["row"]: line for line in power.summarize(power.collect(tmp_path))}
+    assert set(lines) == {"first stage", "ours", "random", "bm25"}
+    ours, random_row = lines["ours"], lines["random"]
+    assert ours["seeds"] == [0, 1] and ours["mrr"] == 1.0 and ours["mrr_ci"] == (1.0, 1.0)
+    low, high = random_row["mrr_ci"]
+    assert low < random_row["mrr"] < high
+    versus = random_row["mrr_vs_ours"]
+    assert versus["ours_minus_row"] == pytest.approx(1.0 - random_row["mrr"]) and versus["p_value"] < 0.01
+    assert versus["seeds"] == [0, 1] and versus["queries"] == 40
+    assert lines["bm25"]["mrr_vs_ours"]["p_value"] == 1.0 and lines["bm25"]["mrr_vs_ours"]["seeds"] == [0]
+    assert "fused_mrr" in ours and "fused_mrr" not in random_row  # random has no fused row
+    report = power.format_report(list(lines.values()), tmp_path)
+    assert "| random | 2 |" in report and "p = " in report and "test cpu" in report
+
+
+def test_rows_run_through_the_recipe_share_the_warm_start_and_resume(tmp_path, tiny_beir, tiny_bert_dir,
+                                                                      tiny_encoder_dir):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        f"data: {tiny_beir}\nencoders: {tiny_encoder_dir},lsa:8\nmodel_name_or_path: {tiny_bert_dir}\n"
+        f"first_stage_encoder: {tiny_encoder_dir}\nwarm_start: distill\nwarm_start_candidates: 3\n"
+        "max_steps: 2\nper_device_train_batch_size: 2\npool_size: 4\nnum_negatives: 1\n"
+        "keep_pairs_without_negatives: true\nfill_random_negatives: true\nmax_length: 64\neval_candidates_k: 5\n"
+        f"save_strategy: 'no'\nreport_to: none\nuse_cpu: true\ncache_dir: {tmp_path / 'cache'}\n"
+    )
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = ["--rows", "ours", "random", "--seeds", "0", "--config", str(config), "--out", str(out),
+            "--work", str(work)]
+    assert power.main(args) == 0
+    random_run = json.loads(power.result_path(out, "random", 0).read_text())
+    assert "--model_name_or_path" in random_run["command"] and "warm_start/final" in random_run["command"]
+    assert "--method random" in random_run["command"] and random_run["load_before"] is not None
+    ours = json.loads(power.result_path(out, "ours", 0).read_text())
+    assert "warm-started base" in ours["rows"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [line["row"] for line in summary] == ["first stage", "warm-started base", "ours", "random"]
+    assert (out / "README.md").read_text().startswith("# Comparison rows with seeds")
+    # finished runs are not run again
+    stamp = power.result_path(out, "random", 0).stat().st_mtime_ns
+    assert power.main(args) == 0
+    assert power.result_path(out, "random", 0).stat().st_mtime_ns == stamp
