@@ -180,9 +180,12 @@ def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
                 ) from None
 
 
-def _read_jsonl(path: Path, columns: tuple[str, ...]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {c: [] for c in columns}
-    seen: dict[str, int] = {}
+def json_objects(path: Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` of each non-blank line of a JSON-lines file.
+
+    Raises:
+        DataError: A line that is not UTF-8, not JSON, or not a JSON object (names the file and line).
+    """
     for line_no, line in _read_lines(path):
         if not line.strip():
             continue
@@ -192,6 +195,13 @@ def _read_jsonl(path: Path, columns: tuple[str, ...]) -> dict[str, list[str]]:
             raise DataError(f"malformed JSON: {e.msg} (column {e.colno})", file=path, line=line_no) from None
         if not isinstance(row, dict):
             raise DataError("expected a JSON object", file=path, line=line_no)
+        yield line_no, row
+
+
+def _read_jsonl(path: Path, columns: tuple[str, ...]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {c: [] for c in columns}
+    seen: dict[str, int] = {}
+    for line_no, row in json_objects(path):
         _id = row.get("_id")
         if _id is None or str(_id).strip() == "":
             raise DataError("missing '_id'", file=path, line=line_no)

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import datasets
 
-from hn_trainer.data.beir import RetrievalData, _read_lines
+from hn_trainer.data.beir import RetrievalData, _read_lines, json_objects
 from hn_trainer.errors import ConfigError, DataError
 
 PAIRS_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
@@ -118,15 +117,7 @@ def read_table(source: str | os.PathLike, *, split: str = "train") -> Table:
 def _read_json_lines(path: Path) -> Table:
     columns: dict[str, None] = {}
     rows, lines = [], []
-    for line_no, line in _read_lines(path):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"malformed JSON: {e.msg} (column {e.colno})", file=path, line=line_no) from None
-        if not isinstance(row, dict):
-            raise DataError("expected a JSON object per line", file=path, line=line_no)
+    for line_no, row in json_objects(path):
         columns.update(dict.fromkeys(row))
         rows.append(row)
         lines.append(line_no)
