@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hn_trainer.config import DataArguments, MineOutputArguments, MiningArguments, parse_args
@@ -58,3 +60,13 @@ def test_a_value_in_the_file_is_never_overridden_by_a_default_the_code_injects(t
     _, mining, train, _, _ = parse_recipe_args(["--config", str(cfg), "--pool_size", "6"], defaults=DEMO_DEFAULTS)
     assert train.output_dir == "runs/from-file" and train.loss == "bce" and mining.pool_size == 6
     assert train.num_negatives == DEMO_DEFAULTS["num_negatives"]  # a demo default the file leaves alone
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_recipe_configs_parse(config):
+    from hn_trainer.recipe import parse_recipe_args
+
+    data_args, mining_args, train_args, eval_args, recipe_args = parse_recipe_args(["--config", str(config)])
+    assert data_args.data and mining_args.encoder_list and train_args.output_dir
+    assert recipe_args.model_name_or_path
