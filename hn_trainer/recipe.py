@@ -491,11 +491,10 @@ def _distill_warm_start(trainer, data, mining_args, train_args, recipe_args, min
     import math
     from dataclasses import replace
 
-    import torch
     from sentence_transformers.cross_encoder import CrossEncoderTrainer
     from sentence_transformers.cross_encoder.losses import ListNetLoss
 
-    from hn_trainer.training.warm_start import warm_start_dataset
+    from hn_trainer.training.warm_start import student_scale, warm_start_dataset
 
     model = trainer.model
     kinds = [k.strip() for k in recipe_args.warm_start_kinds.split(",") if k.strip()]
@@ -521,7 +520,7 @@ def _distill_warm_start(trainer, data, mining_args, train_args, recipe_args, min
     base_score = validation(model)[key] if select else None
     base_state = copy.deepcopy(model.state_dict()) if select else None
     host = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, evaluator=validation,
-                               loss=ListNetLoss(model, activation_fn=torch.nn.Identity()))
+                               loss=ListNetLoss(model, activation_fn=student_scale(recipe_args.warm_start_temperature)))
     host.train()
     n = len(dataset)
     if not select:
@@ -555,7 +554,7 @@ DEMO_DEFAULTS = {
     "negative_strategy": "sample",
     "keep_pairs_without_negatives": True,
     "fill_random_negatives": True,
-    "num_train_epochs": 3,
+    "num_train_epochs": 2,
     "learning_rate": 1e-4,
     "warmup_steps": 5,
     "per_device_train_batch_size": 8,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hn_trainer.errors import ConfigError, HNTrainerError
-from hn_trainer.training.warm_start import distillation_dataset, pseudo_queries, sentences
+from hn_trainer.training.warm_start import distillation_dataset, pseudo_queries, sentences, student_scale
 
 TITLES = ["Vaccines", "", "Networks"]
 BODIES = [
@@ -98,3 +98,12 @@ def test_warm_start_arguments_are_checked(capsys):
     assert "--warm_start_kinds must name titles and/or spans" in capsys.readouterr().err
     assert main(["train", "--warm_start_temperature", "0"]) == 1
     assert "--warm_start_temperature must be positive" in capsys.readouterr().err
+
+
+def test_the_student_is_tempered_like_the_teacher():
+    import torch
+
+    scale = student_scale(0.05)
+    logits = torch.tensor([0.01, 0.02, -0.01])
+    assert torch.allclose(scale(logits), logits / 0.05)
+    assert "temperature=0.05" in repr(scale)

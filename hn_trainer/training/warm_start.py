@@ -15,7 +15,8 @@ documents (its own excluded) are retrieved exactly (`hn_trainer.mining.kernel.st
 student learns the teacher's distribution over the list [own document, candidates...]: labels are cosine
 similarities divided by ``temperature``, with the own document raised to ``margin`` above the best candidate
 when the teacher ranks it lower (it is the pseudo-positive). The loss is sentence-transformers' `ListNetLoss`
-(cross-entropy between the softmax of the labels and of the logits, i.e. a listwise KL to the teacher), the
+(cross-entropy between the softmax of the labels and of the logits, i.e. a listwise KL to the teacher), with the
+student's logits divided by the same temperature (`student_scale`), the
 trainer the host's `CrossEncoderTrainer`: the warm start is a `datasets.Dataset` of
 ``query``, ``documents``, ``labels`` rows that any sentence-transformers user can train on as it is.
 """
@@ -32,6 +33,22 @@ import numpy as np
 from hn_trainer.errors import ConfigError, HNTrainerError
 
 KINDS = ("titles", "spans")
+
+
+def student_scale(temperature: float):
+    """``logits / temperature``: the activation `ListNetLoss` applies to the student's logits, so that the student
+    is tempered as the teacher is (a fresh head's logits differ by hundredths; divided, they reach the teacher's
+    spread within a few steps). Ranking, and so the saved model, does not depend on it."""
+    import torch
+
+    class _Scale(torch.nn.Module):
+        def forward(self, x):
+            return x / temperature
+
+        def extra_repr(self) -> str:
+            return f"temperature={temperature}"
+
+    return _Scale()
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
 
 
