@@ -221,7 +221,8 @@ def mine_pairs(
         pair_rows = torch.tensor([[q_row[q], d_row[d]] for q, d in pairs], dtype=torch.long)
     if mining_args.fallback != "none":
         t0 = time.perf_counter()
-        dataset, report = _with_fallback(dataset, data, mining_args, width, query_ids, pair_rows, q_emb, c_emb)
+        dataset, report = _with_fallback(dataset, data, mining_args, width, query_ids, list(queries["text"]),
+                                         pair_rows, q_emb, c_emb)
         stats.update(report)
         seconds["fallback"] = time.perf_counter() - t0
     stats["pairs_sharing_hardest_negative_as_mined"] = shared_hardest_negatives(dataset)
@@ -236,7 +237,7 @@ def mine_pairs(
     return MinedPairs(dataset, stats, query_ids, q_emb, c_emb, ensemble, corpus_ids=list(data.corpus["_id"]))
 
 
-def _with_fallback(dataset, data, mining_args, width, query_ids, pair_rows, q_emb, c_emb):
+def _with_fallback(dataset, data, mining_args, width, query_ids, query_texts, pair_rows, q_emb, c_emb):
     """The mined pairs with each short pool topped up by ``mining_args.fallback``, and what it added."""
     from hn_trainer.mining.fallback import top_up
     from hn_trainer.mining.kernel import MiningResult
@@ -246,10 +247,10 @@ def _with_fallback(dataset, data, mining_args, width, query_ids, pair_rows, q_em
     chosen = [[d_row[d] for d in ids] for ids in dataset["negative_ids"]]
     distances = [list(x) for x in dataset["negative_distances"]]
     judged = all_positives(data)
-    excluded = [sorted({d_row[d] for d in judged.get(q, ()) if d in d_row}) for q in query_ids]
+    never = [{d_row[d] for d in judged.get(q, ()) if d in d_row} for q in query_ids]
     for q, d in pair_rows.tolist():
-        if d not in excluded[q]:
-            excluded[q] = sorted({*excluded[q], d})
+        never[q].add(d)
+    excluded = [sorted(rows) for rows in never]
     before = [len(rows) for rows in chosen]
     added = top_up(mining_args.fallback, chosen, distances, pair_rows, excluded, q_emb, c_emb, width,
                    metric=mining_args.metric, seed=mining_args.mining_seed, device=mining_args.mining_device)
@@ -259,9 +260,7 @@ def _with_fallback(dataset, data, mining_args, width, query_ids, pair_rows, q_em
         indices[i, : len(rows)] = torch.tensor(rows, dtype=torch.long)
         dists[i, : len(x)] = torch.tensor(x)
     pairs = list(zip(dataset["query_id"], dataset["positive_id"]))
-    query_texts = dict(zip(dataset["query_id"], dataset["query"]))
-    topped = mined_dataset(query_ids, [query_texts.get(q, "") for q in query_ids], doc_ids, data.document_texts(),
-                           pairs, MiningResult(indices, dists))
+    topped = mined_dataset(query_ids, query_texts, doc_ids, data.document_texts(), pairs, MiningResult(indices, dists))
     report = {
         "fallback": mining_args.fallback,
         "pairs_short_of_dual_negatives": sum(1 for n in before if n < width),
