@@ -117,6 +117,17 @@ def _row_of(result: dict, name: str) -> str | None:
     return "fine-tuned reranker"
 
 
+def _entry(result: dict, row: str, *, fused: bool) -> dict:
+    """One run's per-query and mean MRR@10 of ``row`` (and of its fused row), with where it ran."""
+    per_query, machine = result["per_query_mrr@10"], result.get("machine", {})
+    return {
+        "alone": per_query[row], "fused": per_query.get("fused") if fused else None,
+        "mrr": result["rows"][row]["mrr@10"],
+        "fused_mrr": result["rows"].get("fused", {}).get("mrr@10") if fused else None,
+        "load": result.get("load_before"), "cpu": machine.get("cpu"), "gpu": machine.get("gpu"),
+    }
+
+
 def collect(out: Path) -> dict[str, dict[int, dict]]:
     """``{row: {seed: {"alone": per-query, "fused": per-query, "mrr": ..., "fused_mrr": ...}}}`` of every
     finished run, with the shared rows taken from the ``ours`` runs."""
@@ -125,22 +136,12 @@ def collect(out: Path) -> dict[str, dict[int, dict]]:
         for path in sorted((out / slug(name)).glob("seed*.json")):
             result = json.loads(path.read_text())
             seed = int(result["seed"])
-            per_query = result["per_query_mrr@10"]
-            found.setdefault(name, {})[seed] = {
-                "alone": per_query["fine-tuned reranker"], "fused": per_query.get("fused"),
-                "mrr": result["rows"]["fine-tuned reranker"]["mrr@10"],
-                "fused_mrr": result["rows"].get("fused", {}).get("mrr@10"), "load": result.get("load_before"),
-                "cpu": result.get("machine", {}).get("cpu"), "gpu": result.get("machine", {}).get("gpu"),
-            }
+            found.setdefault(name, {})[seed] = _entry(result, "fine-tuned reranker", fused=True)
             if name == OURS:
                 for shared in SHARED_ROWS:
                     row = _row_of(result, shared)
                     if row in result["rows"]:
-                        found.setdefault(shared, {})[seed] = {
-                            "alone": per_query[row], "fused": None, "mrr": result["rows"][row]["mrr@10"],
-                            "fused_mrr": None, "load": result.get("load_before"),
-                            "cpu": result.get("machine", {}).get("cpu"), "gpu": result.get("machine", {}).get("gpu"),
-                        }
+                        found.setdefault(shared, {})[seed] = _entry(result, row, fused=False)
     return found
 
 
