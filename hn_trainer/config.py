@@ -116,8 +116,10 @@ class MiningArguments:
         metadata={"help": "Fraction of variance PCA keeps, in (0, 1]; 1.0 keeps every dimension "
                   "(concatenation only)."},
     )
-    method: Literal["dual_condition", "random", "bm25", "dense_topk", "positive_aware"] = field(
-        default="dual_condition", metadata={"help": "How negatives are chosen."}
+    method: Literal["dual_condition", "random", "bm25", "dense_topk", "positive_aware", "st_mine"] = field(
+        default="dual_condition",
+        metadata={"help": "How negatives are chosen ('st_mine': sentence-transformers' own mine_hard_negatives on "
+                  "one encoder, --st_mine_model)."},
     )
     metric: Literal["cosine", "euclidean"] = field(default="cosine", metadata={"help": "Distance of the conditions."})
     conditions: Literal["both", "query"] = field(
@@ -126,6 +128,16 @@ class MiningArguments:
     )
     positive_aware_ratio: float = field(
         default=0.95, metadata={"help": "positive_aware: keep candidates scoring below this fraction of the positive."}
+    )
+    st_mine_model: str | None = field(
+        default=None,
+        metadata={"help": "st_mine: its sentence-transformers model (default: the first of --encoders that is "
+                  "neither LSA nor ONNX)."},
+    )
+    st_mine_margin: float = field(
+        default=0.0,
+        metadata={"help": "st_mine: mine_hard_negatives' absolute_margin (0: negatives score below every positive "
+                  "of the query)."},
     )
     embedding_batch_size: int = field(default=64, metadata={"help": "Texts per encoder batch."})
     cache_dir: str | None = field(
@@ -174,6 +186,9 @@ class MiningArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {value}")
+        if self.method == "st_mine" and self.st_mine_encoder is None:
+            raise ConfigError("--method st_mine: name its sentence-transformers model with --st_mine_model (every "
+                              "one of --encoders is LSA or ONNX)")
         if self.fallback != "none" and self.method not in ("dual_condition", "dense_topk", "positive_aware"):
             raise ConfigError(f"--fallback {self.fallback}: needs an embedding method, not --method {self.method}")
         if self.fallback == "condition2" and self.method != "dual_condition":
@@ -187,6 +202,15 @@ class MiningArguments:
     @property
     def encoder_list(self) -> list[str]:
         return [e.strip() for e in str(self.encoders).split(",") if e.strip()]
+
+    @property
+    def st_mine_encoder(self) -> str | None:
+        """The model of ``--method st_mine``: ``--st_mine_model``, else the first encoder that is not LSA or ONNX."""
+        from hn_trainer.embeddings.specs import parse_spec
+
+        if self.st_mine_model:
+            return self.st_mine_model
+        return next((e for e in self.encoder_list if parse_spec(e).kind not in ("lsa", "onnx")), None)
 
 
 @dataclass

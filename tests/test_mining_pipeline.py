@@ -260,3 +260,22 @@ def test_spread_negatives_gives_each_pair_of_a_query_its_own_hardest_negative():
     assert reordered == 1 and shared_hardest_negatives(spread) == 1
     # nothing added or dropped
     assert [sorted(x) for x in spread["negative_ids"]] == [sorted(r[2]) for r in rows]
+
+
+def test_st_mine_runs_sentence_transformers_on_the_first_model_and_keeps_judged_documents_out(beir, tiny_encoder_dir,
+                                                                                             tmp_path):
+    data_args = DataArguments(data=str(beir))
+    data = load_data(data_args)
+    judged = data.judged()
+    # a margin of -2 removes no cosine candidate: every unjudged document, for every pair
+    mining_args = MiningArguments(encoders=f"lsa:8,{tiny_encoder_dir}", method="st_mine", st_mine_margin=-2.0,
+                                  pool_size=len(data.corpus), cache_dir=str(tmp_path))
+    assert mining_args.st_mine_encoder == str(tiny_encoder_dir)
+    mined = mine_pairs(data, data_args, mining_args)
+    assert mined.ensemble is None and mined.stats["method"] == "st_mine"
+    for r in mined.dataset:
+        assert set(r["negative_ids"]) == set(data.corpus["_id"]) - judged[r["query_id"]]
+        if r["query_id"] != "q0":  # q0's two pools are reordered (spread_negatives)
+            assert r["negative_distances"] == sorted(r["negative_distances"])
+    with pytest.raises(ConfigError, match="st_mine_model"):
+        MiningArguments(encoders="lsa:8", method="st_mine")

@@ -59,11 +59,19 @@ def reference(inputs: MiningInputs, k: int, perc: float | None = None) -> np.nda
     return out
 
 
+def sampler_kwargs(name: str, request) -> dict:
+    """``st_mine`` runs on the tiny local bi-encoder, not the packaged default model, and without a margin (an
+    untrained encoder ranks many positives below every candidate it considers)."""
+    if name != "st_mine":
+        return {}
+    return {"model": str(request.getfixturevalue("tiny_encoder_dir")), "absolute_margin": None}
+
+
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 @pytest.mark.parametrize("k", [3, 100])
-def test_never_returns_a_positive_and_pads(name, k):
+def test_never_returns_a_positive_and_pads(name, k, request):
     inputs = make_inputs()
-    sampler = get_sampler(name)
+    sampler = get_sampler(name, **sampler_kwargs(name, request))
     assert isinstance(sampler, NegativeSampler) and sampler.name == name
     result = sampler.mine(inputs, k)
     assert isinstance(result, MiningResult)
@@ -151,7 +159,7 @@ def test_bm25_reports_metric_distances_with_embeddings():
 
 
 def test_registry_and_argument_errors():
-    assert set(SAMPLERS) == {"dual_condition", "random", "bm25", "dense_topk", "positive_aware"}
+    assert set(SAMPLERS) == {"dual_condition", "random", "bm25", "dense_topk", "positive_aware", "st_mine"}
     with pytest.raises(ConfigError, match="unknown sampler"):
         get_sampler("ance")
     with pytest.raises(ConfigError, match="bad arguments"):
@@ -160,6 +168,10 @@ def test_registry_and_argument_errors():
         get_sampler("positive_aware", metric="euclidean")
     with pytest.raises(ConfigError):
         get_sampler("dual_condition", conditions="all")
+    with pytest.raises(ConfigError, match="sampling_strategy"):
+        get_sampler("st_mine", sampling_strategy="hardest")
+    with pytest.raises(ConfigError, match="not one"):
+        get_sampler("st_mine", model="lsa:4").mine(make_inputs(embeddings=False), 2)
     no_embeddings = make_inputs(embeddings=False)
     for name in ("dual_condition", "dense_topk", "positive_aware"):
         with pytest.raises(ConfigError, match="embeddings"):
@@ -169,3 +181,52 @@ def test_registry_and_argument_errors():
     with pytest.raises(ValueError):
         MiningInputs(["q"], ["a"], [[0, 3]], [[0]])
     assert math.isnan(get_sampler("random").mine(no_embeddings, 1).distances[0, 0].item())
+
+
+@pytest.mark.parametrize("margin", [None, 0.0])
+def test_st_mine_is_sentence_transformers_mine_hard_negatives(tiny_encoder_dir, margin):
+    """Per pair, the negatives of sentence-transformers' own function (triplet rows, best first), as corpus rows;
+    documents judged for the query outside the pairs are dropped and the pool still filled to k; with a margin
+    of 0 every negative scores below every positive of its query."""
+    import datasets
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives
+
+    rng = np.random.default_rng(3)
+    documents = list(dict.fromkeys(" ".join(rng.choice(WORDS, size=5)) for _ in range(120)))[:90]
+    queries = list(dict.fromkeys(" ".join(rng.choice(WORDS, size=2)) for _ in range(12)))
+    pairs = [(q, int(d)) for q in range(len(queries)) for d in rng.choice(len(documents), 2, replace=False)]
+    k = 4
+    model = SentenceTransformer(str(tiny_encoder_dir), device="cpu")
+    mined = mine_hard_negatives(
+        datasets.Dataset.from_dict({"query": [queries[q] for q, _ in pairs],
+                                    "positive": [documents[d] for _, d in pairs]}),
+        model, corpus=documents, absolute_margin=margin, num_negatives=k + 1,  # k + the one judged elsewhere
+        output_format="triplet", verbose=False)
+    expected: dict[tuple[str, str], list[int]] = {}
+    for query, positive, negative in zip(mined["query"], mined["positive"], mined["negative"]):
+        expected.setdefault((query, positive), []).append(documents.index(negative))
+
+    # a query with negatives also has a judged document outside the pairs: its first negative
+    judged_elsewhere: dict[int, int] = {}
+    for q, d in pairs:
+        if expected.get((queries[q], documents[d])):
+            judged_elsewhere.setdefault(q, expected[(queries[q], documents[d])][0])
+    positives = [sorted({d for p, d in pairs if p == q} | ({judged_elsewhere[q]} if q in judged_elsewhere else set()))
+                 for q in range(len(queries))]
+    inputs = MiningInputs(queries, documents, pairs, positives)
+    result = get_sampler("st_mine", model=str(tiny_encoder_dir), absolute_margin=margin).mine(inputs, k)
+    for row, (q, d) in enumerate(pairs):
+        want = [i for i in expected.get((queries[q], documents[d]), []) if i != judged_elsewhere.get(q)][:k]
+        assert result.indices[row].tolist() == want + [-1] * (k - len(want))
+    if margin is None:
+        assert len(judged_elsewhere) == len(queries) and (result.num_found() == k).all()
+    else:
+        emb = F.normalize(torch.as_tensor(model.encode(queries + documents)), dim=1)
+        distance = 1 - emb[: len(queries)] @ emb[len(queries):].T
+        for row, (q, _) in enumerate(pairs):
+            found = result.indices[row][result.indices[row] >= 0]
+            pair_positives = [p for p_q, p in pairs if p_q == q]
+            assert (distance[q, found][:, None] >= distance[q, pair_positives][None, :] - 1e-5).all()
+    finite = result.indices >= 0
+    assert torch.isfinite(result.distances[finite]).all() and torch.isinf(result.distances[~finite]).all()

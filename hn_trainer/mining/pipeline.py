@@ -88,6 +88,9 @@ def sampler_settings(mining_args: MiningArguments) -> dict:
         "query_block_size": mining_args.query_block_size,
         "corpus_block_size": mining_args.corpus_block_size,
         "device": mining_args.mining_device,
+        "model": mining_args.st_mine_encoder,
+        "absolute_margin": mining_args.st_mine_margin,
+        "batch_size": mining_args.embedding_batch_size,
     }
 
 

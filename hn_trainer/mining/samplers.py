@@ -10,12 +10,13 @@ built the same way whichever strategy produced the negatives:
 ``bm25``            top lexical (BM25, ``bm25s``) hits that are not positives
 ``dense_topk``      the k closest non-positives, no condition: static hard negatives as in STAR
 ``positive_aware``  NV-Retriever TopK-PercPos: the k closest with ``sim(Q, D) < perc * sim(Q, PD)``
+``st_mine``         sentence-transformers' own ``util.mine_hard_negatives`` on one encoder (a peer)
 =================== ============================================================================
 
 Reported distances: where embeddings are given, every sampler reports the kernel's metric
 distance of each negative (``decision_distances``), so negatives of different samplers can be
 compared. Without embeddings, ``bm25`` reports ``-score`` (lower is closer, as for a distance)
-and ``random`` reports ``nan``. Padding is ``inf`` in every case.
+``random`` reports ``nan`` and ``st_mine`` its model's cosine distance. Padding is ``inf`` in every case.
 
 Example:
     >>> sampler = get_sampler("random", seed=0)
@@ -345,9 +346,114 @@ class BM25Sampler(NegativeSampler):
         return MiningResult(indices, _report_distances(inputs, indices, -scores, self.metric))
 
 
+class SentenceTransformersSampler(NegativeSampler):
+    """sentence-transformers' ``util.mine_hard_negatives`` itself, as the peer a user would otherwise run.
+
+    One bi-encoder embeds the queries and the documents; each query takes its top-scoring documents (``"top"``)
+    that are not positives of its pairs and score at most its lowest-scoring positive minus
+    ``absolute_margin`` (sentence-transformers' query-anchored margin; ``0`` keeps only documents that score
+    below every positive). There is no condition on ``d(PD, D)``. Documents judged for the query elsewhere (other
+    splits, other scores), which the function does not know of, are dropped from its output afterwards: it is
+    asked for ``k`` plus as many as could be dropped. Texts it returns map back to the first corpus row holding
+    them, so duplicate documents count once.
+
+    Args:
+        model: An encoder spec resolved by `hn_trainer.embeddings.encoders.load_encoder` (a hub id, a folder, or a
+            packaged model) that loads as a ``SentenceTransformer``.
+        absolute_margin: ``mine_hard_negatives``' ``absolute_margin`` (``None``: no margin).
+        relative_margin: ``mine_hard_negatives``' ``relative_margin``.
+        range_min, range_max: Ranks of the candidates considered (``range_max`` ``None``: the function's default).
+        sampling_strategy: ``"top"`` or ``"random"`` among the candidates.
+        batch_size: Texts per encoding batch.
+        device: Torch device of the model (default: CUDA when available).
+    """
+
+    name = "st_mine"
+
+    def __init__(
+        self,
+        model: str = "sentence-transformers/all-MiniLM-L6-v2",
+        absolute_margin: float | None = 0.0,
+        relative_margin: float | None = None,
+        range_min: int = 0,
+        range_max: int | None = None,
+        sampling_strategy: str = "top",
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if sampling_strategy not in ("top", "random"):
+            raise ConfigError(f"sampling_strategy must be 'top' or 'random', got {sampling_strategy!r}")
+        self.model = model
+        self.absolute_margin = absolute_margin
+        self.relative_margin = relative_margin
+        self.range_min = range_min
+        self.range_max = range_max
+        self.sampling_strategy = sampling_strategy
+        self.batch_size = batch_size
+        self.device = device
+
+    def _model(self):
+        from hn_trainer.embeddings.encoders import load_encoder
+        from hn_trainer.embeddings.sentence_transformer import SentenceTransformerEncoder
+
+        encoder = load_encoder(self.model, device=None if self.device is None else str(self.device))
+        if not isinstance(encoder, SentenceTransformerEncoder):
+            raise ConfigError(f"the st_mine sampler needs a sentence-transformers model; {self.model!r} is not one")
+        return encoder.model
+
+    def mine(self, inputs: MiningInputs, k: int) -> MiningResult:
+        import datasets
+        from sentence_transformers.util import mine_hard_negatives
+
+        self._check(inputs, k)
+        n_pairs = len(inputs.pairs)
+        indices = torch.full((n_pairs, k), -1, dtype=torch.long)
+        distances = torch.full((n_pairs, k), math.inf)
+        if n_pairs == 0:
+            return MiningResult(indices, distances)
+        pair_list = inputs.pairs.tolist()
+        excluded = [set(row.tolist()) for row in inputs.excluded()]
+        in_pairs: list[set[int]] = [set() for _ in inputs.queries]
+        for query, positive in pair_list:
+            in_pairs[query].add(positive)
+        extra = max(len(excluded[q] - in_pairs[q]) for q, _ in pair_list)
+        row_of: dict[str, int] = {}
+        for row, text in enumerate(inputs.documents):
+            row_of.setdefault(text, row)
+        anchors = [inputs.queries[q] for q, _ in pair_list]
+        positives = [inputs.documents[d] for _, d in pair_list]
+        mined = mine_hard_negatives(
+            datasets.Dataset.from_dict({"query": anchors, "positive": positives}),
+            self._model(),
+            corpus=list(inputs.documents),
+            range_min=self.range_min,
+            range_max=self.range_max,
+            absolute_margin=self.absolute_margin,
+            relative_margin=self.relative_margin,
+            num_negatives=k + extra,
+            sampling_strategy=self.sampling_strategy,
+            output_format="triplet",
+            output_scores=True,
+            batch_size=self.batch_size,
+            verbose=False,
+        )
+        found: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        for query, positive, negative, scores in zip(mined["query"], mined["positive"], mined["negative"],
+                                                     mined["scores"]):
+            found.setdefault((query, positive), []).append((row_of[negative], 1.0 - scores[1]))
+        for i, ((query, _), anchor, positive) in enumerate(zip(pair_list, anchors, positives)):
+            kept = [(row, d) for row, d in found.get((anchor, positive), []) if row not in excluded[query]][:k]
+            for j, (row, d) in enumerate(kept):
+                indices[i, j], distances[i, j] = row, d
+        return MiningResult(indices, _report_distances(inputs, indices, distances, "cosine"))
+
+
 SAMPLERS: dict[str, type[NegativeSampler]] = {
     sampler.name: sampler
-    for sampler in (DualConditionSampler, RandomSampler, BM25Sampler, DenseTopKSampler, PositiveAwareSampler)
+    for sampler in (
+        DualConditionSampler, RandomSampler, BM25Sampler, DenseTopKSampler, PositiveAwareSampler,
+        SentenceTransformersSampler,
+    )
 }
 
 
