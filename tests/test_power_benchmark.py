@@ -73,3 +73,22 @@ def test_rows_run_through_the_recipe_share_the_warm_start_and_resume(tmp_path, t
     stamp = power.result_path(out, "random", 0).stat().st_mtime_ns
     assert power.main(args) == 0
     assert power.result_path(out, "random", 0).stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("row", list(power.ROWS))
+def test_every_row_is_a_valid_recipe_command_on_the_shipped_config(row, tmp_path):
+    from hn_trainer.recipe import parse_recipe_args
+
+    command = power.run_command(row, 0, power.DEFAULT_CONFIG, tmp_path / "out", tmp_path / "work", [])
+    assert command[1:5] == ["-m", "hn_trainer.cli", "train", "--config"]
+    _, _, train, _, recipe = parse_recipe_args(command[4:])
+    assert train.seed == 0 and train.output_dir == str(tmp_path / "work" / power.slug(row) / "seed0")
+    if row != power.OURS:  # every other row fine-tunes ours' warm-started base of the same seed
+        assert recipe.warm_start == "none"
+        assert recipe.model_name_or_path == str(tmp_path / "work" / "ours" / "seed0" / "warm_start" / "final")
+
+
+def test_groups_split_methods_from_ablations():
+    assert set(power.GROUPS["methods"]) | set(power.GROUPS["ablations"]) == set(power.ROWS)
+    assert power.OURS in power.GROUPS["methods"] and all(r.startswith("ours, ") for r in power.ABLATIONS)
+    assert "sentence-transformers mine_hard_negatives" in power.GROUPS["methods"]
