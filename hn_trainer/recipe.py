@@ -394,13 +394,18 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
         per_query["base reranker" if do_train else label] = _per_query_mrr(test.last_run, splits.test)
     if do_train and recipe_args.warm_start != "none" and not train_args.resume_from_checkpoint:
         # (a resumed run restores the weights from its checkpoint, warm start included)
+        changed = True
         if recipe_args.warm_start == "distill":
-            selection["warm_start"] = _distill_warm_start(trainer, data, mining_args, train_args, recipe_args,
-                                                          mined, validation)
+            selection["warm_start"], changed = _distill_warm_start(trainer, data, mining_args, train_args,
+                                                                   recipe_args, mined, validation)
         else:
             _warm_start(trainer, data, mining_args, train_args, recipe_args, mined)
-        rows["warm-started base"] = test(model)
-        per_query["warm-started base"] = _per_query_mrr(test.last_run, splits.test)
+        if changed or "base reranker" not in rows:
+            rows["warm-started base"] = test(model)
+            per_query["warm-started base"] = _per_query_mrr(test.last_run, splits.test)
+        else:  # the base was kept: the same weights, already evaluated
+            rows["warm-started base"] = rows["base reranker"]
+            per_query["warm-started base"] = per_query["base reranker"]
         if state.is_main_process:
             trainer.model.save_pretrained(str(Path(train_args.output_dir) / "warm_start" / "final"))
     if do_train:
@@ -486,7 +491,8 @@ def _warm_start(trainer, data, mining_args, train_args, recipe_args, mined) -> N
 def _distill_warm_start(trainer, data, mining_args, train_args, recipe_args, mined, validation) -> str:
     """Distil the ensemble into the reranker on pseudo-queries (`hn_trainer.training.warm_start`) with the host's
     `CrossEncoderTrainer` and `ListNetLoss`. With validation queries the checkpoint with the best validation
-    metric is kept, or the base when none beats it. Returns what chose the result, for ``results.json``."""
+    metric is kept, or the base when none beats it. Returns what chose the result, for ``results.json``, and
+    whether the weights changed (``False`` when the base was kept)."""
     import copy
     import math
     from dataclasses import replace
@@ -524,14 +530,14 @@ def _distill_warm_start(trainer, data, mining_args, train_args, recipe_args, min
     host.train()
     n = len(dataset)
     if not select:
-        return f"{n} pseudo-queries ({', '.join(kinds)}), {recipe_args.warm_start_epochs:g} epoch(s); no validation"
+        return f"{n} pseudo-queries ({', '.join(kinds)}), {recipe_args.warm_start_epochs:g} epoch(s); no validation", True
     best, best_step = host.state.best_metric, host.state.best_global_step
     if best is None or best <= base_score:
         model.load_state_dict(base_state)
         return (f"{n} pseudo-queries ({', '.join(kinds)}): no warm-start checkpoint beat the base on the validation "
-                f"queries ({key} {base_score:.4f}); the base was kept")
+                f"queries ({key} {base_score:.4f}); the base was kept"), False
     return (f"{n} pseudo-queries ({', '.join(kinds)}): checkpoint of step {best_step} of {host.state.global_step}, "
-            f"best {key} on the validation queries ({best:.4f}; base {base_score:.4f})")
+            f"best {key} on the validation queries ({best:.4f}; base {base_score:.4f})"), True
 
 
 def main(argv: list[str] | None = None) -> dict:
