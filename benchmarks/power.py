@@ -212,8 +212,8 @@ def format_report(lines: list[dict], out: Path) -> str:
         return f"{test['ours_minus_row']:+.3f} (p = {test['p_value']:.3f}, {len(test['seeds'])} seeds)"
 
     def table(rows):
-        head = ["| row | seeds | MRR@10 alone [95% CI] | ours - row, alone | MRR@10 fused [95% CI] | ours - row, fused |",
-                "|---|---|---|---|---|---|"]
+        head = ["| row | seeds | MRR@10 alone [95% CI] | ours - row, alone | MRR@10 fused [95% CI] "
+                "| ours - row, fused |", "|---|---|---|---|---|---|"]
         return head + [f"| {line['row']} | {len(line['seeds'])} | {cell(line, 'mrr')} | {versus(line, 'mrr')} | "
                        f"{cell(line, 'fused_mrr')} | {versus(line, 'fused_mrr')} |" for line in rows]
 

@@ -488,7 +488,7 @@ def _warm_start(trainer, data, mining_args, train_args, recipe_args, mined) -> N
     HardNegativeTrainer(trainer.model, args, train_dataset=titles).train()
 
 
-def _distill_warm_start(trainer, data, mining_args, train_args, recipe_args, mined, validation) -> str:
+def _distill_warm_start(trainer, data, mining_args, train_args, recipe_args, mined, validation) -> tuple[str, bool]:
     """Distil the ensemble into the reranker on pseudo-queries (`hn_trainer.training.warm_start`) with the host's
     `CrossEncoderTrainer` and `ListNetLoss`. With validation queries the checkpoint with the best validation
     metric is kept, or the base when none beats it. Returns what chose the result, for ``results.json``, and
@@ -530,7 +530,8 @@ def _distill_warm_start(trainer, data, mining_args, train_args, recipe_args, min
     host.train()
     n = len(dataset)
     if not select:
-        return f"{n} pseudo-queries ({', '.join(kinds)}), {recipe_args.warm_start_epochs:g} epoch(s); no validation", True
+        return f"{n} pseudo-queries ({', '.join(kinds)}), {recipe_args.warm_start_epochs:g} epoch(s); no validation", \
+            True
     best, best_step = host.state.best_metric, host.state.best_global_step
     if best is None or best <= base_score:
         model.load_state_dict(base_state)
