@@ -416,9 +416,14 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
     if do_train and train_args.load_best_model_at_end:
         selection["checkpoint"] = f"{train_args.metric_for_best_model} on the validation queries"
     fusion_weight = None
+    validation_rows = {}
+    if validation is not None:
+        validation_rows[first_name] = retrieval_metrics(candidates["validation"], splits.validation)
     if eval_args.fusion and validation is not None:
-        validation(model)
+        validation_rows[label] = validation(model)
         fusion_weight = choose_fusion_weight(candidates["validation"], validation.last_run, splits.validation)
+        validation_rows["fused"] = retrieval_metrics(
+            fuse_runs(candidates["validation"], validation.last_run, fusion_weight), splits.validation)
         selection["fusion_weight"] = "MRR@10 on the validation queries"
         # test.last_run holds the final model's scores: its row above was the last test evaluation
         fused = fuse_runs(candidates["test"], test.last_run, fusion_weight)
@@ -427,6 +432,7 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
     summary = {
         "rows": rows, "seconds": time.perf_counter() - t_start, "eval_queries": len(splits.test),
         "validation_queries": len(splits.validation), "fusion_weight": fusion_weight, "selection": selection,
+        "validation_rows": validation_rows,  # what settings are compared on, never the test rows
         "per_query_mrr@10": per_query,
         "settings": {"data": asdict(data_args), "mining": asdict(mining_args), "evaluation": asdict(eval_args),
                      "recipe": asdict(recipe_args)},

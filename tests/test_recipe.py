@@ -35,6 +35,12 @@ def test_train_saves_a_crossencoder_with_card_and_results(tmp_path, tiny_beir, t
     assert set(rows) == {"first stage (dense, top 5)", "base reranker", "fine-tuned reranker", "fused"}
     assert results["selection"]["validation"].startswith("1 training queries held out")
     assert 0.0 <= results["fusion_weight"] <= 1.0
+    # the validation rows settings are compared on; the weight is the best of a grid holding w = 0 (the first
+    # stage's ranking) and w = 1 (the reranker's), so the fused row is at least as good as either
+    validation = results["validation_rows"]
+    assert set(validation) == {"first stage (dense, top 5)", "fine-tuned reranker", "fused"}
+    assert validation["fused"]["mrr@10"] >= max(validation["first stage (dense, top 5)"]["mrr@10"],
+                                                validation["fine-tuned reranker"]["mrr@10"]) - 1e-9
     for metrics in rows.values():
         assert set(metrics) >= {"mrr@3", "mrr@10", "ndcg@10"}
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
