@@ -14,15 +14,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import power  # noqa: E402
 
 
-def _fake_result(out, row, seed, scores, fused=None):
+def _fake_result(out, row, seed, scores, fused=None, validation=None):
     per_query = {"fine-tuned reranker": scores, "first stage (dense, top 20)": {q: 0.5 for q in scores}}
     if fused:
         per_query["fused"] = fused
     rows = {name: {"mrr@10": float(np.mean(list(v.values())))} for name, v in per_query.items()}
     path = power.result_path(out, row, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"row": row, "seed": seed, "rows": rows, "per_query_mrr@10": per_query,
-                                "machine": {"cpu": "test cpu"}, "load_before": [0.1, 0.1, 0.1]}))
+    result = {"row": row, "seed": seed, "rows": rows, "per_query_mrr@10": per_query,
+              "machine": {"cpu": "test cpu"}, "load_before": [0.1, 0.1, 0.1]}
+    if validation is not None:
+        result["validation_rows"] = {"fine-tuned reranker": {"mrr@10": validation}}
+    path.write_text(json.dumps(result))
 
 
 def test_statistics_average_seeds_per_query_and_test_against_ours(tmp_path):
@@ -30,7 +33,8 @@ def test_statistics_average_seeds_per_query_and_test_against_ours(tmp_path):
     rng = np.random.default_rng(0)
     for seed in (0, 1):
         _fake_result(tmp_path, "ours", seed, {q: 1.0 for q in queries}, fused={q: 1.0 for q in queries})
-        _fake_result(tmp_path, "random", seed, {q: float(rng.choice([0.0, 0.5])) for q in queries})
+        _fake_result(tmp_path, "random", seed, {q: float(rng.choice([0.0, 0.5])) for q in queries},
+                     validation=0.4 + 0.1 * seed)
     _fake_result(tmp_path, "bm25", 0, {q: 1.0 for q in queries})  # one seed only: compared on that seed
     lines = {line["row"]: line for line in power.summarize(power.collect(tmp_path))}
     assert set(lines) == {"first stage", "ours", "random", "bm25"}
@@ -43,8 +47,9 @@ def test_statistics_average_seeds_per_query_and_test_against_ours(tmp_path):
     assert versus["seeds"] == [0, 1] and versus["queries"] == 40
     assert lines["bm25"]["mrr_vs_ours"]["p_value"] == 1.0 and lines["bm25"]["mrr_vs_ours"]["seeds"] == [0]
     assert "fused_mrr" in ours and "fused_mrr" not in random_row  # random has no fused row
+    assert random_row["val_mrr"] == pytest.approx(0.45) and "val_mrr" not in ours  # mean over seeds; or none
     report = power.format_report(list(lines.values()), tmp_path)
-    assert "| random | 2 |" in report and "p = " in report and "test cpu" in report
+    assert "| random | 2 | 0.450 / - |" in report and "p = " in report and "test cpu" in report
 
 
 def test_rows_run_through_the_recipe_share_the_warm_start_and_resume(tmp_path, tiny_beir, tiny_bert_dir,
