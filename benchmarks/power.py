@@ -70,6 +70,7 @@ ROWS: dict[str, list[str]] = {
                                             "--per_device_train_batch_size", "4", "--num_train_epochs", "1",
                                             "--eval_strategy", "steps", "--eval_steps", "103",
                                             "--save_strategy", "steps", "--save_steps", "103"],
+    "ours, learning rate 2e-5": ["--learning_rate", "2e-5"],
 }
 """Row name -> flags added to the config (the ablation rows may run with fewer seeds; the report says how many)."""
 ABLATIONS = tuple(name for name in ROWS if name.startswith(f"{OURS}, "))
