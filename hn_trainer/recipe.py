@@ -409,6 +409,8 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
         if state.is_main_process:
             trainer.model.save_pretrained(str(Path(train_args.output_dir) / "warm_start" / "final"))
     if do_train:
+        if validation is not None:
+            validation.forget_runs()  # those of the warm start's steps
         trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
         model = trainer.model
         rows[label] = test(model)
@@ -420,10 +422,14 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
     if validation is not None:
         validation_rows[first_name] = retrieval_metrics(candidates["validation"], splits.validation)
     if eval_args.fusion and validation is not None:
-        validation_rows[label] = validation(model)
-        fusion_weight = choose_fusion_weight(candidates["validation"], validation.last_run, splits.validation)
-        validation_rows["fused"] = retrieval_metrics(
-            fuse_runs(candidates["validation"], validation.last_run, fusion_weight), splits.validation)
+        run = _final_validation_run(trainer, train_args, validation, state) if do_train else None
+        if run is None:
+            validation(model)
+            run = validation.last_run
+        validation_rows[label] = validation.metrics_of(run)
+        fusion_weight = choose_fusion_weight(candidates["validation"], run, splits.validation)
+        validation_rows["fused"] = retrieval_metrics(fuse_runs(candidates["validation"], run, fusion_weight),
+                                                     splits.validation)
         selection["fusion_weight"] = "MRR@10 on the validation queries"
         # test.last_run holds the final model's scores: its row above was the last test evaluation
         fused = fuse_runs(candidates["test"], test.last_run, fusion_weight)
@@ -458,6 +464,18 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
         if fusion_weight is not None:
             print(f"fused: w * z(reranker) + (1 - w) * z(first stage), w = {fusion_weight:.1f} chosen on the validation queries")
     return summary
+
+
+def _final_validation_run(trainer, train_args, validation, state) -> dict | None:
+    """The validation run the trainer's evaluator already made of the model training ended with (the best
+    checkpoint's, or the last step's), or ``None`` when it must be scored again. Only in one process: there
+    the evaluator ran on the main process alone, and scoring again is a collective call every process makes."""
+    if state.num_processes != 1:
+        return None
+    step = trainer.state.global_step
+    if train_args.load_best_model_at_end and trainer.state.best_global_step:
+        step = trainer.state.best_global_step
+    return validation.run_at_step(step)
 
 
 def _per_query_mrr(run: dict, qrels: dict) -> dict[str, float]:

@@ -210,6 +210,23 @@ def test_eval_metrics_drive_best_model_selection(tmp_path, tiny_bert_dir):
     assert [log["mrr@10"] for log in model.model_card_data.training_logs if "mrr@10" in log] == pytest.approx(
         [log["eval_mrr@10"] for log in logged]
     )
+    # the run kept for the best step is the loaded best model's: scoring it again gives the same run
+    kept = evaluator.run_at_step(trainer.state.best_global_step)
+    assert kept is not None
+    for q, docs in _predict_run(trainer.model, _candidates()).items():
+        assert kept[q] == pytest.approx(docs, rel=1e-5, abs=1e-4)
+
+
+def test_runs_kept_by_step_are_the_latest_and_the_best(model):
+    evaluator = RerankingEvaluator(_candidates(), QUERIES, DOCS, QRELS, batch_size=8)
+    evaluator(model)  # outside training: nothing kept
+    assert evaluator.runs_by_step == {}
+    for step in (1, 2, 3):  # the same model each time: a tie, which keeps the earlier step as the best
+        evaluator(model, epoch=0, steps=step)
+    assert set(evaluator.runs_by_step) == {1, 3}
+    assert evaluator.run_at_step(3) is evaluator.last_run and evaluator.run_at_step(2) is None
+    evaluator.forget_runs()
+    assert evaluator.run_at_step(1) is None and evaluator.run_at_step(3) is None
 
 
 def test_evaluation_with_an_eval_dataset_and_a_named_evaluator(tmp_path, model):

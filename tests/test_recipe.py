@@ -66,6 +66,34 @@ def test_evaluate_command_scores_a_saved_model(tmp_path, tiny_beir, tiny_bert_di
     assert set(rows) == {"first stage (dense, top 5)", f"reranker ({tiny_bert_dir})", "fused"}
 
 
+def test_validation_scores_of_the_last_evaluation_are_reused_and_match_a_new_scoring(
+        tmp_path, tiny_beir, tiny_bert_dir, tiny_encoder_dir, monkeypatch):
+    # training ends on an evaluated step: its validation run gives the fusion weight and the validation rows
+    # without scoring again, and `evaluate` on the saved model scores the same validation queries alike
+    from hn_trainer.evaluation import RerankingEvaluator
+
+    calls, score = [], RerankingEvaluator.__call__
+
+    def counted(self, model, output_path=None, epoch=-1, steps=-1):
+        calls.append((id(self), steps))
+        return score(self, model, output_path, epoch, steps)
+
+    monkeypatch.setattr(RerankingEvaluator, "__call__", counted)
+    args = _args(tmp_path, tiny_beir, tiny_bert_dir, tiny_encoder_dir, "--eval_strategy", "steps",
+                 "--eval_steps", "3")
+    assert main(["train", *args]) == 0
+    in_training = {evaluator for evaluator, steps in calls if steps == 3}
+    assert len(in_training) == 1 and not [1 for e, steps in calls if e in in_training and steps < 0]
+    trained = json.loads((tmp_path / "run" / "results.json").read_text())
+    final = str(tmp_path / "run" / "final")
+    again = [*_args(tmp_path, tiny_beir, final, tiny_encoder_dir), "--output_dir", str(tmp_path / "again")]
+    assert main(["evaluate", *again]) == 0
+    evaluated = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert evaluated["validation_rows"][f"reranker ({final})"] == pytest.approx(
+        trained["validation_rows"]["fine-tuned reranker"], abs=1e-6)
+    assert evaluated["fusion_weight"] == trained["fusion_weight"]
+
+
 def test_unknown_config_field(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("learning_rat: 1e-5\n")

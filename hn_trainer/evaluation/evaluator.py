@@ -56,6 +56,8 @@ class RerankingEvaluator(CrossEncoderRerankingEvaluator):
     Attributes:
         last_run: The reranked run of the latest call (raw logits).
         last_fused_run: The fused run of the latest call (with ``fusion_weight``).
+        runs_by_step: Runs of calls made during training (``steps >= 0``), by step: the latest and the best
+            by the primary metric so far, the two a trainer can end on; see `run_at_step`.
 
     Example:
         >>> evaluator = RerankingEvaluator(candidates, queries, docs, qrels, name="dev")  # doctest: +SKIP
@@ -103,6 +105,8 @@ class RerankingEvaluator(CrossEncoderRerankingEvaluator):
         self.primary_metric = "mrr@10" if 10 in self.mrr_at else self.metric_names()[0]
         self.last_run: dict[str, dict[str, float]] | None = None
         self.last_fused_run: dict[str, dict[str, float]] | None = None
+        self.runs_by_step: dict[int, dict[str, dict[str, float]]] = {}
+        self._best_step: tuple[float, int] | None = None
 
     @classmethod
     def from_data(
@@ -178,6 +182,8 @@ class RerankingEvaluator(CrossEncoderRerankingEvaluator):
             model.train(was_training)
         self.last_run = run
         metrics = self._metrics(run)
+        if steps >= 0:
+            self._keep(run, steps, metrics[self.primary_metric])
         if self.fusion_weight is not None:
             self.last_fused_run = fuse_runs(self.candidates, run, self.fusion_weight)
             metrics.update(
@@ -191,6 +197,27 @@ class RerankingEvaluator(CrossEncoderRerankingEvaluator):
         metrics = self.prefix_name_to_metrics(metrics, self.name)
         self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
         return metrics
+
+    def _keep(self, run: dict[str, dict[str, float]], steps: int, value: float) -> None:
+        if self._best_step is None or value > self._best_step[0]:  # ties keep the earlier step, as the Trainer
+            self._best_step = (value, steps)
+        self.runs_by_step = {step: kept for step, kept in self.runs_by_step.items() if step == self._best_step[1]}
+        self.runs_by_step[steps] = run
+
+    def forget_runs(self) -> None:
+        """Drop the runs kept by step, before the evaluator serves another training (whose steps count
+        from 0 again)."""
+        self.runs_by_step, self._best_step = {}, None
+
+    def run_at_step(self, steps: int) -> dict[str, dict[str, float]] | None:
+        """The run of the call made at training step ``steps``, if it is still kept (the latest call during
+        training, or the best by the primary metric); ``None`` otherwise. A model loaded from the checkpoint
+        of that step scores the same, so the run spares scoring it again."""
+        return self.runs_by_step.get(steps)
+
+    def metrics_of(self, run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+        """The metrics of a run of this evaluator's candidates (no name prefix, no fused keys)."""
+        return self._metrics(run)
 
     def _write_csv(self, output_path: str, epoch: float, steps: int, metrics: dict[str, float]) -> None:
         os.makedirs(output_path, exist_ok=True)
