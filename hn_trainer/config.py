@@ -205,12 +205,13 @@ class MiningArguments:
 
     @property
     def st_mine_encoder(self) -> str | None:
-        """The model of ``--method st_mine``: ``--st_mine_model``, else the first encoder that is not LSA or ONNX."""
-        from hn_trainer.embeddings.specs import parse_spec
+        """The model of ``--method st_mine``: ``--st_mine_model``, else the first encoder that loads as a
+        sentence-transformers model (not LSA, not ONNX, also when an id resolves to a packaged ONNX copy)."""
+        from hn_trainer.embeddings.encoders import is_sentence_transformer
 
         if self.st_mine_model:
             return self.st_mine_model
-        return next((e for e in self.encoder_list if parse_spec(e).kind not in ("lsa", "onnx")), None)
+        return next((e for e in self.encoder_list if is_sentence_transformer(e)), None)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from hn_trainer.embeddings import (
     build_ensemble_embeddings,
     load_encoder,
 )
+from hn_trainer.embeddings.encoders import is_sentence_transformer
 from hn_trainer.errors import EncoderError
 
 
@@ -56,3 +57,26 @@ def test_unloadable_encoder_raises_encoder_error_naming_the_spec(spec, corpus, t
     with pytest.raises(EncoderError) as info:
         build_ensemble_embeddings(corpus, None, [spec], cache_dir=tmp_path, device="cpu", show_progress=False)
     assert repr(spec) in str(info.value)
+
+
+def test_is_sentence_transformer_follows_the_resolution_without_loading(tiny_encoder_dir, tmp_path, monkeypatch):
+    from hn_trainer.config import MiningArguments
+
+    onnx_folder = tmp_path / "onnx_model"
+    onnx_folder.mkdir()
+    (onnx_folder / "model.onnx").write_bytes(b"")
+    assert is_sentence_transformer(str(tiny_encoder_dir)) and is_sentence_transformer(f"st:{tiny_encoder_dir}")
+    assert not is_sentence_transformer("lsa:8") and not is_sentence_transformer("onnx:/no/such/model.onnx")
+    assert not is_sentence_transformer(str(onnx_folder))  # a folder holding only an ONNX file
+    assert is_sentence_transformer("some-org/some-model")  # a hub id
+    # a hub id whose installed copy is ONNX does not load as a sentence-transformers model offline
+    key = "sentence-transformers/paraphrase-minilm-l3-v2"
+    assert KNOWN_MODELS[key].kind == "onnx"
+    monkeypatch.setitem(KNOWN_MODELS, key, dataclasses.replace(KNOWN_MODELS[key], locate=lambda: onnx_folder))
+    assert not is_sentence_transformer("sentence-transformers/paraphrase-MiniLM-L3-v2")
+    mining = MiningArguments(encoders=f"sentence-transformers/paraphrase-MiniLM-L3-v2,lsa:8,{tiny_encoder_dir}",
+                             method="st_mine")
+    assert mining.st_mine_encoder == str(tiny_encoder_dir)
+    # without the installed copy it is the hub's sentence-transformers model
+    monkeypatch.setitem(KNOWN_MODELS, key, dataclasses.replace(KNOWN_MODELS[key], locate=lambda: None))
+    assert is_sentence_transformer("sentence-transformers/paraphrase-MiniLM-L3-v2")

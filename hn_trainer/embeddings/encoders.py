@@ -77,6 +77,22 @@ def _onnx_encoder(
     )
 
 
+def is_sentence_transformer(spec: str | EncoderSpec) -> bool:
+    """Whether `load_encoder` would build a `SentenceTransformerEncoder` for ``spec``, decided without loading
+    anything: not LSA, not ONNX (named, found in a folder, or the installed copy of a packaged hub id)."""
+    parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    if parsed.kind in ("lsa", "onnx"):
+        return False
+    path = Path(parsed.target).expanduser()
+    if path.exists():
+        is_st_folder = path.is_dir() and ((path / "modules.json").is_file() or (path / "config.json").is_file())
+        return path.is_dir() and (is_st_folder or find_onnx_file(path) is None)
+    packaged = known_model(parsed.target)
+    if packaged is not None and packaged.locate() is not None:
+        return packaged.kind == "st"
+    return True  # a hub id
+
+
 def load_encoder(
     spec: str | EncoderSpec,
     *,
