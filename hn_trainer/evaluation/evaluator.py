@@ -182,8 +182,9 @@ class RerankingEvaluator(CrossEncoderRerankingEvaluator):
             model.train(was_training)
         self.last_run = run
         metrics = self._metrics(run)
-        if steps >= 0:
-            self._keep(run, steps, metrics[self.primary_metric])
+        if steps >= 0:  # (the host prefixes primary_metric with the name once metrics are named)
+            primary = self.primary_metric.removeprefix(f"{self.name}_") if self.name else self.primary_metric
+            self._keep(run, steps, metrics[primary])
         if self.fusion_weight is not None:
             self.last_fused_run = fuse_runs(self.candidates, run, self.fusion_weight)
             metrics.update(
