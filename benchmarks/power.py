@@ -245,7 +245,8 @@ def format_report(lines: list[dict], out: Path) -> str:
         "the test queries, the mean over seeds; intervals: bootstrap over queries of the seed-averaged "
         "per-query MRR@10; `ours - row`: mean per-query difference and the permutation test's two-sided p-value "
         "on the seeds both rows have. Settings are compared on the validation column (training queries held out "
-        "of training, the same per seed for every row), never on the test columns.", "", "## Ways of choosing negatives", "", *table(methods), "",
+        "of training, the same per seed for every row), never on the test columns.", "",
+        "## Ways of choosing negatives", "", *table(methods), "",
         *ablation_part, f"Machines: {', '.join(machines) or '-'}.", "",
     ])
 

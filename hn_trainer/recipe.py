@@ -426,7 +426,7 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
         if run is None:
             validation(model)
             run = validation.last_run
-        validation_rows[label] = validation.metrics_of(run)
+        validation_rows[label] = retrieval_metrics(run, splits.validation)
         fusion_weight = choose_fusion_weight(candidates["validation"], run, splits.validation)
         validation_rows["fused"] = retrieval_metrics(fuse_runs(candidates["validation"], run, fusion_weight),
                                                      splits.validation)

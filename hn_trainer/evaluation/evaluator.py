@@ -182,9 +182,6 @@ class RerankingEvaluator(CrossEncoderRerankingEvaluator):
             model.train(was_training)
         self.last_run = run
         metrics = self._metrics(run)
-        if steps >= 0:  # (the host prefixes primary_metric with the name once metrics are named)
-            primary = self.primary_metric.removeprefix(f"{self.name}_") if self.name else self.primary_metric
-            self._keep(run, steps, metrics[primary])
         if self.fusion_weight is not None:
             self.last_fused_run = fuse_runs(self.candidates, run, self.fusion_weight)
             metrics.update(
@@ -195,7 +192,9 @@ class RerankingEvaluator(CrossEncoderRerankingEvaluator):
 
         if output_path is not None and self.write_csv:
             self._write_csv(output_path, epoch, steps, metrics)
-        metrics = self.prefix_name_to_metrics(metrics, self.name)
+        metrics = self.prefix_name_to_metrics(metrics, self.name)  # (and primary_metric, with a name)
+        if steps >= 0:
+            self._keep(run, steps, metrics[self.primary_metric])
         self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
         return metrics
 
@@ -215,10 +214,6 @@ class RerankingEvaluator(CrossEncoderRerankingEvaluator):
         training, or the best by the primary metric); ``None`` otherwise. A model loaded from the checkpoint
         of that step scores the same, so the run spares scoring it again."""
         return self.runs_by_step.get(steps)
-
-    def metrics_of(self, run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-        """The metrics of a run of this evaluator's candidates (no name prefix, no fused keys)."""
-        return self._metrics(run)
 
     def _write_csv(self, output_path: str, epoch: float, steps: int, metrics: dict[str, float]) -> None:
         os.makedirs(output_path, exist_ok=True)
