@@ -74,6 +74,9 @@ def test_is_sentence_transformer_follows_the_resolution_without_loading(tiny_enc
     assert KNOWN_MODELS[key].kind == "onnx"
     monkeypatch.setitem(KNOWN_MODELS, key, dataclasses.replace(KNOWN_MODELS[key], locate=lambda: onnx_folder))
     assert not is_sentence_transformer("sentence-transformers/paraphrase-MiniLM-L3-v2")
+    # st: asks for sentence-transformers, as load_encoder reads it: not the ONNX copy, not a folder's ONNX file
+    assert is_sentence_transformer("st:sentence-transformers/paraphrase-MiniLM-L3-v2")
+    assert is_sentence_transformer(f"st:{onnx_folder}")
     mining = MiningArguments(encoders=f"sentence-transformers/paraphrase-MiniLM-L3-v2,lsa:8,{tiny_encoder_dir}",
                              method="st_mine")
     assert mining.st_mine_encoder == str(tiny_encoder_dir)

@@ -77,6 +77,14 @@ def _onnx_encoder(
     )
 
 
+def _local_onnx(parsed: EncoderSpec, path: Path) -> tuple[bool, Path | None]:
+    """For a spec naming an existing path: whether it loads as ONNX (``onnx:``, or a bare path to an ONNX file
+    or to a folder holding one and no sentence-transformers config), and the ONNX file found there."""
+    onnx_file = find_onnx_file(path)
+    is_st_folder = path.is_dir() and ((path / "modules.json").is_file() or (path / "config.json").is_file())
+    return parsed.kind == "onnx" or (parsed.kind is None and onnx_file is not None and not is_st_folder), onnx_file
+
+
 def is_sentence_transformer(spec: str | EncoderSpec) -> bool:
     """Whether `load_encoder` would build a `SentenceTransformerEncoder` for ``spec``, decided without loading
     anything: not LSA, not ONNX (named, found in a folder, or the installed copy of a packaged hub id)."""
@@ -85,10 +93,9 @@ def is_sentence_transformer(spec: str | EncoderSpec) -> bool:
         return False
     path = Path(parsed.target).expanduser()
     if path.exists():
-        is_st_folder = path.is_dir() and ((path / "modules.json").is_file() or (path / "config.json").is_file())
-        return path.is_dir() and (is_st_folder or find_onnx_file(path) is None)
-    packaged = known_model(parsed.target)
-    if packaged is not None and packaged.locate() is not None:
+        return path.is_dir() and not _local_onnx(parsed, path)[0]
+    packaged = known_model(parsed.target)  # its installed copy is used when the spec's kind allows
+    if packaged is not None and parsed.kind in (None, packaged.kind) and packaged.locate() is not None:
         return packaged.kind == "st"
     return True  # a hub id
 
@@ -121,11 +128,8 @@ def load_encoder(
     target = parsed.target
     path = Path(target).expanduser()
     if path.exists():
-        onnx_file = find_onnx_file(path)
-        is_st_folder = path.is_dir() and (
-            (path / "modules.json").is_file() or (path / "config.json").is_file()
-        )
-        if parsed.kind == "onnx" or (parsed.kind is None and onnx_file is not None and not is_st_folder):
+        as_onnx, onnx_file = _local_onnx(parsed, path)
+        if as_onnx:
             if onnx_file is None:
                 raise EncoderError(f"encoder {parsed.raw!r}: no .onnx model file at {path}")
             return _onnx_encoder(parsed, onnx_file.resolve(), resolve_device(device))
