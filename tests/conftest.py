@@ -29,15 +29,21 @@ TINY_SENTENCES = [
 
 
 def build_tiny_bert(path: Path) -> Path:
-    """Save a 2-layer, 32-wide BERT with a WordPiece vocabulary trained on `TINY_SENTENCES`."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    """Save a 2-layer, 32-wide BERT with a WordPiece vocabulary of `TINY_SENTENCES` (the same in every run)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # The vocabulary is built, not trained: WordPieceTrainer picks among tokens of equal frequency differently
+    # from run to run, and the seeded weights and every score would change with it. Every word of the
+    # sentences is a token; other words split into their characters.
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = sorted({word for text in TINY_SENTENCES
+                    for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))})
+    chars = sorted({c for w in words for c in w})
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(TINY_SENTENCES * 4, trainers.WordPieceTrainer(vocab_size=400, special_tokens=special))
+    tokens = list(dict.fromkeys(special + chars + [f"##{c}" for c in chars] + words))
+    tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
