@@ -12,7 +12,9 @@ first stage and the warm-started base rows.
 
 Runs are resumable: each finished (row, seed) writes ``OUT/<row>/seed<S>.json`` (the recipe's
 ``results.json`` plus the machine, the load average before and after, and the command) and is never rerun, so
-rows accumulate across sessions and machines; commit the files as they finish. ``--report`` rebuilds
+rows accumulate across sessions and machines; commit the files as they finish. The models stay in ``--work``:
+where a seed's ``ours`` result is kept but its warm-started base is not (a fresh checkout), that base is built
+again (``--warm_start_only``) and must score on the test queries as the kept result says, query by query. ``--report`` rebuilds
 ``OUT/README.md`` from whatever is there.
 
 Statistics, on the test queries: a row's score is the mean over its seeds of the test MRR@10; per query, the
@@ -92,9 +94,35 @@ def run_command(row: str, seed: int, config: Path, out: Path, work: Path, extra:
     flags = ["--config", str(config), "--seed", str(seed), "--output_dir", str(work / slug(row) / f"seed{seed}"),
              "--save_total_limit", "1"]
     if row != OURS:
-        base = work / slug(OURS) / f"seed{seed}" / "warm_start" / "final"
+        base = warm_start_dir(work, seed)
         flags += ["--model_name_or_path", str(base), "--warm_start", "none", "--evaluate_base", "false"]
     return [sys.executable, "-m", "hn_trainer.cli", "train", *flags, *ROWS[row], *extra]
+
+
+def warm_start_dir(work: Path, seed: int) -> Path:
+    return work / slug(OURS) / f"seed{seed}" / "warm_start" / "final"
+
+
+def rebuild_warm_start(seed: int, config: Path, out: Path, work: Path, extra: list[str]) -> None:
+    """Build again the warm-started base of a seed whose ``ours`` result is kept but whose model is not (a fresh
+    checkout, another machine): the ``ours`` command with ``--warm_start_only``, in a folder beside the run's.
+    Its test scores must be those of the kept result, else rows fine-tuned from it would not be comparable."""
+    folder = work / slug(OURS) / f"seed{seed}-warm-start"
+    command = [*run_command(OURS, seed, config, out, work, extra), "--warm_start_only", "true",
+               "--evaluate_base", "false"]
+    command[command.index("--output_dir") + 1] = str(folder)
+    print(f"[power] {OURS}, seed {seed}: the kept result's warm start, again: {shlex.join(command)}", flush=True)
+    subprocess.run(command, check=True, cwd=REPO_ROOT)
+    rebuilt = json.loads((folder / "results.json").read_text())["per_query_mrr@10"]["warm-started base"]
+    kept = json.loads(result_path(out, OURS, seed).read_text())["per_query_mrr@10"]["warm-started base"]
+    worst = max(abs(rebuilt[q] - kept[q]) for q in kept) if rebuilt.keys() == kept.keys() else 1.0
+    if worst > 1e-6:
+        raise RuntimeError(f"the warm start of seed {seed} built again in {folder} does not score as the kept one "
+                           f"(per-query MRR@10 differs by up to {worst:.4f}): delete {result_path(out, OURS, seed)} "
+                           "and that seed's other rows to run them again together")
+    target = warm_start_dir(work, seed)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (folder / "warm_start" / "final").replace(target)
 
 
 def run_one(row: str, seed: int, config: Path, out: Path, work: Path, extra: list[str]) -> dict:
@@ -102,8 +130,11 @@ def run_one(row: str, seed: int, config: Path, out: Path, work: Path, extra: lis
     path = result_path(out, row, seed)
     if path.exists():
         return json.loads(path.read_text())
-    if row != OURS and not (work / slug(OURS) / f"seed{seed}" / "warm_start" / "final").exists():
-        run_one(OURS, seed, config, out, work, extra)
+    if row != OURS and not warm_start_dir(work, seed).exists():
+        if result_path(out, OURS, seed).exists():
+            rebuild_warm_start(seed, config, out, work, extra)
+        else:
+            run_one(OURS, seed, config, out, work, extra)
     command = run_command(row, seed, config, out, work, extra)
     print(f"[power] {row}, seed {seed}: {shlex.join(command)}", flush=True)
     load_before, t0 = load_average(), time.perf_counter()

@@ -100,6 +100,11 @@ class RecipeArguments:
         metadata={"help": "'distill' with validation queries: evaluate every N warm-start steps (default: 4 times "
                   "in all) and keep the best checkpoint, or the base when no checkpoint beats it."},
     )
+    warm_start_only: bool = field(
+        default=False,
+        metadata={"help": "Stop after the warm start: save and evaluate the warm-started base (output_dir/final, "
+                  "like output_dir/warm_start/final) without the main training, to fine-tune it in later runs."},
+    )
     show_triples: int = field(
         default=0, metadata={"help": "Print this many mined (query, positive, hard negative) triples (seeded draw)."}
     )
@@ -124,6 +129,8 @@ class RecipeArguments:
             raise ConfigError(f"--warm_start_epochs must be positive, got {self.warm_start_epochs}")
         if self.warm_start_max_pairs is not None and self.warm_start_max_pairs < 1:
             raise ConfigError(f"--warm_start_max_pairs must be at least 1, got {self.warm_start_max_pairs}")
+        if self.warm_start_only and self.warm_start == "none":
+            raise ConfigError("--warm_start_only needs a warm start: set --warm_start distill or titles")
 
 
 def parse_recipe_args(argv: list[str] | None = None, defaults: dict | None = None):
@@ -346,6 +353,9 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
     from hn_trainer.training import HardNegativeModelCardData, HardNegativeTrainer, load_reranker
 
     t_start = time.perf_counter()
+    if recipe_args.warm_start_only and (train_args.resume_from_checkpoint or not do_train):
+        raise ConfigError("--warm_start_only trains the warm start from the base: it neither resumes nor evaluates "
+                          "only")
     prepare_output_dir(train_args.output_dir)  # before any model is loaded
     if not do_train and train_args.load_best_model_at_end:
         train_args.load_best_model_at_end = False
@@ -380,7 +390,9 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
     test = evaluator("test")
     card = HardNegativeModelCardData(model_id=train_args.hub_model_id, train_datasets=[{"name": data.name}],
                                      base_model_name=recipe_args.model_name_or_path)
-    label = "fine-tuned reranker" if do_train else f"reranker ({recipe_args.model_name_or_path})"
+    fine_tune = do_train and not recipe_args.warm_start_only
+    label = ("fine-tuned reranker" if fine_tune else "warm-started base" if do_train
+             else f"reranker ({recipe_args.model_name_or_path})")
     selection = {"validation": splits.validation_source, "test": splits.test_source}
     if do_train:
         trainer = HardNegativeTrainer(recipe_args.model_name_or_path, train_args, train_dataset=pool,
@@ -408,21 +420,21 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
             per_query["warm-started base"] = per_query["base reranker"]
         if state.is_main_process:
             trainer.model.save_pretrained(str(Path(train_args.output_dir) / "warm_start" / "final"))
-    if do_train:
+    if fine_tune:
         if validation is not None:
             validation.forget_runs()  # those of the warm start's steps
         trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
         model = trainer.model
         rows[label] = test(model)
         per_query[label] = _per_query_mrr(test.last_run, splits.test)
-    if do_train and train_args.load_best_model_at_end:
+    if fine_tune and train_args.load_best_model_at_end:
         selection["checkpoint"] = f"{train_args.metric_for_best_model} on the validation queries"
     fusion_weight = None
     validation_rows = {}
     if validation is not None:
         validation_rows[first_name] = retrieval_metrics(candidates["validation"], splits.validation)
     if eval_args.fusion and validation is not None:
-        run = _final_validation_run(trainer, train_args, validation, state) if do_train else None
+        run = _final_validation_run(trainer, train_args, validation, state) if fine_tune else None
         if run is None:
             validation(model)
             run = validation.last_run

@@ -78,6 +78,18 @@ def test_rows_run_through_the_recipe_share_the_warm_start_and_resume(tmp_path, t
     stamp = power.result_path(out, "random", 0).stat().st_mtime_ns
     assert power.main(args) == 0
     assert power.result_path(out, "random", 0).stat().st_mtime_ns == stamp
+    # a fresh checkout keeps the results, not the models: the warm start is built again, checked against the
+    # kept ours result, and the missing row fine-tunes it
+    import shutil
+
+    shutil.rmtree(work)
+    power.result_path(out, "random", 0).unlink()
+    assert power.main(args) == 0
+    assert json.loads(power.result_path(out, "ours", 0).read_text()) == ours  # not run again
+    assert (work / "ours" / "seed0" / "warm_start" / "final" / "config.json").exists()
+    rebuilt = json.loads((work / "ours" / "seed0-warm-start" / "results.json").read_text())
+    assert "fine-tuned reranker" not in rebuilt["rows"] and "warm-started base" in rebuilt["rows"]
+    assert power.result_path(out, "random", 0).exists()
 
 
 @pytest.mark.parametrize("row", list(power.ROWS))

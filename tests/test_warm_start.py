@@ -98,6 +98,8 @@ def test_warm_start_arguments_are_checked(capsys):
     assert "--warm_start_kinds must name titles and/or spans" in capsys.readouterr().err
     assert main(["train", "--warm_start_temperature", "0"]) == 1
     assert "--warm_start_temperature must be positive" in capsys.readouterr().err
+    assert main(["train", "--warm_start_only", "true"]) == 1  # the default warm start is none
+    assert "--warm_start_only needs a warm start" in capsys.readouterr().err
 
 
 def test_the_student_is_tempered_like_the_teacher():
