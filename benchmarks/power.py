@@ -89,6 +89,11 @@ def result_path(out: Path, row: str, seed: int) -> Path:
     return out / slug(row) / f"seed{seed}.json"
 
 
+def warm_start_result_path(out: Path, seed: int) -> Path:
+    """Where the result of a seed's warm start built again goes (beside the ``ours`` result)."""
+    return out / slug(OURS) / f"seed{seed}-warm-start.json"
+
+
 def run_command(row: str, seed: int, config: Path, out: Path, work: Path, extra: list[str]) -> list[str]:
     """The ``hn-trainer train`` command of one (row, seed)."""
     flags = ["--config", str(config), "--seed", str(seed), "--output_dir", str(work / slug(row) / f"seed{seed}"),
@@ -112,8 +117,8 @@ def rebuild_warm_start(seed: int, config: Path, out: Path, work: Path, extra: li
                "--evaluate_base", "false"]
     command[command.index("--output_dir") + 1] = str(folder)
     print(f"[power] {OURS}, seed {seed}: the kept result's warm start, again: {shlex.join(command)}", flush=True)
-    subprocess.run(command, check=True, cwd=REPO_ROOT)
-    rebuilt = json.loads((folder / "results.json").read_text())["per_query_mrr@10"]["warm-started base"]
+    record = _execute(command, folder, OURS, seed)
+    rebuilt = record["per_query_mrr@10"]["warm-started base"]
     kept = json.loads(result_path(out, OURS, seed).read_text())["per_query_mrr@10"]["warm-started base"]
     worst = max(abs(rebuilt[q] - kept[q]) for q in kept) if rebuilt.keys() == kept.keys() else 1.0
     if worst > 1e-6:
@@ -123,6 +128,8 @@ def rebuild_warm_start(seed: int, config: Path, out: Path, work: Path, extra: li
     target = warm_start_dir(work, seed)
     target.parent.mkdir(parents=True, exist_ok=True)
     (folder / "warm_start" / "final").replace(target)
+    if not warm_start_result_path(out, seed).exists():  # it gives the warm-started base's fused row too
+        _write(warm_start_result_path(out, seed), record)
 
 
 def run_one(row: str, seed: int, config: Path, out: Path, work: Path, extra: list[str]) -> dict:
@@ -137,16 +144,26 @@ def run_one(row: str, seed: int, config: Path, out: Path, work: Path, extra: lis
             run_one(OURS, seed, config, out, work, extra)
     command = run_command(row, seed, config, out, work, extra)
     print(f"[power] {row}, seed {seed}: {shlex.join(command)}", flush=True)
+    record = _execute(command, work / slug(row) / f"seed{seed}", row, seed)
+    _write(path, record)
+    return record
+
+
+def _execute(command: list[str], folder: Path, row: str, seed: int) -> dict:
+    """Run a recipe command; its ``results.json`` with the command, the machine and the load around it."""
     load_before, t0 = load_average(), time.perf_counter()
     subprocess.run(command, check=True, cwd=REPO_ROOT)
-    results = json.loads((work / slug(row) / f"seed{seed}" / "results.json").read_text())
-    record = {"row": row, "seed": seed, "command": shlex.join(command[1:]), "wall_s": time.perf_counter() - t0,
-              "load_before": load_before, "load_after": load_average(), "machine": machine_info(), **results}
+    results = json.loads((folder / "results.json").read_text())
+    return {"row": row, "seed": seed, "command": shlex.join(command[1:]), "wall_s": time.perf_counter() - t0,
+            "load_before": load_before, "load_after": load_average(), "machine": machine_info(),
+            "warm_start_only": "--warm_start_only" in command, **results}
+
+
+def _write(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.replace(path)
-    return record
 
 
 # ----- statistics -------------------------------------------------------------------------------------------
@@ -166,18 +183,29 @@ def _row_of(result: dict, name: str) -> str | None:
     return "fine-tuned reranker"
 
 
-def _entry(result: dict, row: str, *, fused: bool) -> dict:
-    """One run's per-query and mean MRR@10 of ``row`` (and of its fused row), with where it ran."""
+def _entry(result: dict, row: str, fused: str | None) -> dict:
+    """One run's per-query and mean MRR@10 of ``row`` and of its ``fused`` row, with where it ran."""
     per_query, machine = result["per_query_mrr@10"], result.get("machine", {})
     validation = result.get("validation_rows", {})  # absent in runs from before the recipe recorded it
     return {
-        "alone": per_query[row], "fused": per_query.get("fused") if fused else None,
-        "mrr": result["rows"][row]["mrr@10"],
-        "fused_mrr": result["rows"].get("fused", {}).get("mrr@10") if fused else None,
-        "val_mrr": validation.get(row, {}).get("mrr@10"),
-        "val_fused_mrr": validation.get("fused", {}).get("mrr@10") if fused else None,
+        "alone": per_query[row], "fused": per_query.get(fused),
+        "mrr": result["rows"][row]["mrr@10"], "fused_mrr": result["rows"].get(fused, {}).get("mrr@10"),
+        "val_mrr": validation.get(row, {}).get("mrr@10"), "val_fused_mrr": validation.get(fused, {}).get("mrr@10"),
         "load": result.get("load_before"), "cpu": machine.get("cpu"), "gpu": machine.get("gpu"),
     }
+
+
+def _shared_entries(result: dict) -> dict[str, dict]:
+    """The shared rows an ``ours`` result gives; a ``--warm_start_only`` one (the warm start built again) gives
+    the warm-started base alone and fused, its only reranker (its fused row was once named plain ``fused``)."""
+    entries = {}
+    for shared in SHARED_ROWS:
+        row = _row_of(result, shared)
+        if row in result["rows"]:
+            fused = next((f for f in (f"{row}, fused", "fused" if result.get("warm_start_only") else None)
+                          if f in result["rows"]), None) if shared == "warm-started base" else None
+            entries[shared] = _entry(result, row, fused)
+    return entries
 
 
 def collect(out: Path) -> dict[str, dict[int, dict]]:
@@ -188,12 +216,13 @@ def collect(out: Path) -> dict[str, dict[int, dict]]:
         for path in sorted((out / slug(name)).glob("seed*.json")):
             result = json.loads(path.read_text())
             seed = int(result["seed"])
-            found.setdefault(name, {})[seed] = _entry(result, "fine-tuned reranker", fused=True)
+            if not result.get("warm_start_only"):
+                found.setdefault(name, {})[seed] = _entry(result, "fine-tuned reranker", "fused")
             if name == OURS:
-                for shared in SHARED_ROWS:
-                    row = _row_of(result, shared)
-                    if row in result["rows"]:
-                        found.setdefault(shared, {})[seed] = _entry(result, row, fused=False)
+                for shared, entry in _shared_entries(result).items():
+                    kept = found.setdefault(shared, {}).get(seed)
+                    if kept is None or kept["fused"] is None:  # the entry with a fused row wins
+                        found[shared][seed] = entry
     return found
 
 

@@ -348,7 +348,6 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
 
     from hn_trainer.evaluation.evaluator import RerankingEvaluator
     from hn_trainer.evaluation.metrics import retrieval_metrics
-    from hn_trainer.evaluation.reranking import fuse_runs
     from hn_trainer.mining.pipeline import load_data, prepare_output_dir
     from hn_trainer.training import HardNegativeModelCardData, HardNegativeTrainer, load_reranker
 
@@ -394,6 +393,9 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
     label = ("fine-tuned reranker" if fine_tune else "warm-started base" if do_train
              else f"reranker ({recipe_args.model_name_or_path})")
     selection = {"validation": splits.validation_source, "test": splits.test_source}
+    validation_rows = {first_name: retrieval_metrics(candidates["validation"], splits.validation)} \
+        if splits.validation else {}
+    summary_extra = {}
     if do_train:
         trainer = HardNegativeTrainer(recipe_args.model_name_or_path, train_args, train_dataset=pool,
                                       evaluator=validation, model_card_data=card)
@@ -406,10 +408,10 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
         per_query["base reranker" if do_train else label] = _per_query_mrr(test.last_run, splits.test)
     if do_train and recipe_args.warm_start != "none" and not train_args.resume_from_checkpoint:
         # (a resumed run restores the weights from its checkpoint, warm start included)
-        changed = True
+        changed, warm_run = True, None
         if recipe_args.warm_start == "distill":
-            selection["warm_start"], changed = _distill_warm_start(trainer, data, mining_args, train_args,
-                                                                   recipe_args, mined, validation)
+            selection["warm_start"], changed, warm_run = _distill_warm_start(
+                trainer, data, mining_args, train_args, recipe_args, mined, validation)
         else:
             _warm_start(trainer, data, mining_args, train_args, recipe_args, mined)
         if changed or "base reranker" not in rows:
@@ -418,6 +420,15 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
         else:  # the base was kept: the same weights, already evaluated
             rows["warm-started base"] = rows["base reranker"]
             per_query["warm-started base"] = per_query["base reranker"]
+        if eval_args.fusion and validation is not None:  # does fine-tuning add to what fusion gets already?
+            if warm_run is None or state.num_processes != 1:  # (see _final_validation_run)
+                validation(model)
+                warm_run = validation.last_run
+            warm_fusion = _fusion(candidates, splits, warm_run, test.last_run)
+            selection["warm_start_fusion_weight"] = "MRR@10 on the validation queries"
+            validation_rows["warm-started base"], validation_rows["warm-started base, fused"] = warm_fusion[1:3]
+            rows["warm-started base, fused"], per_query["warm-started base, fused"] = warm_fusion[3:]
+            summary_extra["warm_start_fusion_weight"] = warm_fusion[0]
         if state.is_main_process:
             trainer.model.save_pretrained(str(Path(train_args.output_dir) / "warm_start" / "final"))
     if fine_tune:
@@ -430,28 +441,22 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
     if fine_tune and train_args.load_best_model_at_end:
         selection["checkpoint"] = f"{train_args.metric_for_best_model} on the validation queries"
     fusion_weight = None
-    validation_rows = {}
-    if validation is not None:
-        validation_rows[first_name] = retrieval_metrics(candidates["validation"], splits.validation)
-    if eval_args.fusion and validation is not None:
+    if eval_args.fusion and validation is not None and (fine_tune or not do_train):
         run = _final_validation_run(trainer, train_args, validation, state) if fine_tune else None
         if run is None:
             validation(model)
             run = validation.last_run
-        validation_rows[label] = retrieval_metrics(run, splits.validation)
-        fusion_weight = choose_fusion_weight(candidates["validation"], run, splits.validation)
-        validation_rows["fused"] = retrieval_metrics(fuse_runs(candidates["validation"], run, fusion_weight),
-                                                     splits.validation)
-        selection["fusion_weight"] = "MRR@10 on the validation queries"
         # test.last_run holds the final model's scores: its row above was the last test evaluation
-        fused = fuse_runs(candidates["test"], test.last_run, fusion_weight)
-        rows["fused"] = retrieval_metrics(fused, splits.test)
-        per_query["fused"] = _per_query_mrr(fused, splits.test)
+        fusion_weight, validation_rows[label], validation_rows["fused"], rows["fused"], per_query["fused"] = \
+            _fusion(candidates, splits, run, test.last_run)
+        selection["fusion_weight"] = "MRR@10 on the validation queries"
+    elif "warm_start_fusion_weight" in summary_extra:  # --warm_start_only: the warm-started base is the model
+        fusion_weight = summary_extra["warm_start_fusion_weight"]
     summary = {
         "rows": rows, "seconds": time.perf_counter() - t_start, "eval_queries": len(splits.test),
         "validation_queries": len(splits.validation), "fusion_weight": fusion_weight, "selection": selection,
         "validation_rows": validation_rows,  # what settings are compared on, never the test rows
-        "per_query_mrr@10": per_query,
+        "per_query_mrr@10": per_query, **summary_extra,
         "settings": {"data": asdict(data_args), "mining": asdict(mining_args), "evaluation": asdict(eval_args),
                      "recipe": asdict(recipe_args)},
     }
@@ -490,6 +495,20 @@ def _final_validation_run(trainer, train_args, validation, state) -> dict | None
     return validation.run_at_step(step)
 
 
+def _fusion(candidates: dict, splits: QuerySplits, validation_run: dict, test_run: dict):
+    """Fuse a reranker's runs with the first stage's, the weight chosen on the validation queries: the weight, the
+    reranker's and the fused validation metrics, the fused test metrics and per-query test MRR@10."""
+    from hn_trainer.evaluation.metrics import retrieval_metrics
+    from hn_trainer.evaluation.reranking import fuse_runs
+
+    weight = choose_fusion_weight(candidates["validation"], validation_run, splits.validation)
+    fused_validation = fuse_runs(candidates["validation"], validation_run, weight)
+    fused = fuse_runs(candidates["test"], test_run, weight)
+    return (weight, retrieval_metrics(validation_run, splits.validation),
+            retrieval_metrics(fused_validation, splits.validation), retrieval_metrics(fused, splits.test),
+            _per_query_mrr(fused, splits.test))
+
+
 def _per_query_mrr(run: dict, qrels: dict) -> dict[str, float]:
     """MRR@10 of each test query: what paired tests across runs and seeds compare."""
     from hn_trainer.evaluation.metrics import per_query_metrics
@@ -524,11 +543,13 @@ def _warm_start(trainer, data, mining_args, train_args, recipe_args, mined) -> N
     HardNegativeTrainer(trainer.model, args, train_dataset=titles).train()
 
 
-def _distill_warm_start(trainer, data, mining_args, train_args, recipe_args, mined, validation) -> tuple[str, bool]:
+def _distill_warm_start(trainer, data, mining_args, train_args, recipe_args, mined, validation
+                        ) -> tuple[str, bool, dict | None]:
     """Distil the ensemble into the reranker on pseudo-queries (`hn_trainer.training.warm_start`) with the host's
     `CrossEncoderTrainer` and `ListNetLoss`. With validation queries the checkpoint with the best validation
-    metric is kept, or the base when none beats it. Returns what chose the result, for ``results.json``, and
-    whether the weights changed (``False`` when the base was kept)."""
+    metric is kept, or the base when none beats it. Returns what chose the result, for ``results.json``,
+    whether the weights changed (``False`` when the base was kept), and the validation run of the weights kept
+    (``None`` without validation queries; on the main process only)."""
     import copy
     import math
     from dataclasses import replace
@@ -560,6 +581,7 @@ def _distill_warm_start(trainer, data, mining_args, train_args, recipe_args, min
         metric_for_best_model=metric if select else None, greater_is_better=True, remine_steps=0,
     )
     base_score = validation(model)[key] if select else None
+    base_run = validation.last_run if select else None
     base_state = copy.deepcopy(model.state_dict()) if select else None
     host = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, evaluator=validation,
                                loss=ListNetLoss(model, activation_fn=student_scale(recipe_args.warm_start_temperature)))
@@ -567,14 +589,15 @@ def _distill_warm_start(trainer, data, mining_args, train_args, recipe_args, min
     n = len(dataset)
     if not select:
         return f"{n} pseudo-queries ({', '.join(kinds)}), {recipe_args.warm_start_epochs:g} epoch(s); no validation", \
-            True
+            True, None
     best, best_step = host.state.best_metric, host.state.best_global_step
     if best is None or best <= base_score:
         model.load_state_dict(base_state)
         return (f"{n} pseudo-queries ({', '.join(kinds)}): no warm-start checkpoint beat the base on the validation "
-                f"queries ({key} {base_score:.4f}); the base was kept"), False
+                f"queries ({key} {base_score:.4f}); the base was kept"), False, base_run
     return (f"{n} pseudo-queries ({', '.join(kinds)}): checkpoint of step {best_step} of {host.state.global_step}, "
-            f"best {key} on the validation queries ({best:.4f}; base {base_score:.4f})"), True
+            f"best {key} on the validation queries ({best:.4f}; base {base_score:.4f})"), True, \
+        validation.run_at_step(best_step)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -87,9 +87,13 @@ def test_rows_run_through_the_recipe_share_the_warm_start_and_resume(tmp_path, t
     assert power.main(args) == 0
     assert json.loads(power.result_path(out, "ours", 0).read_text()) == ours  # not run again
     assert (work / "ours" / "seed0" / "warm_start" / "final" / "config.json").exists()
-    rebuilt = json.loads((work / "ours" / "seed0-warm-start" / "results.json").read_text())
-    assert "fine-tuned reranker" not in rebuilt["rows"] and "warm-started base" in rebuilt["rows"]
+    rebuilt = json.loads(power.warm_start_result_path(out, 0).read_text())
+    assert rebuilt["warm_start_only"] and "fine-tuned reranker" not in rebuilt["rows"]
+    assert rebuilt["per_query_mrr@10"]["warm-started base"] == ours["per_query_mrr@10"]["warm-started base"]
     assert power.result_path(out, "random", 0).exists()
+    lines = {line["row"]: line for line in json.loads((out / "summary.json").read_text())}
+    assert list(lines) == ["first stage", "warm-started base", "ours", "random"]  # the rebuild is no ours seed
+    assert lines["ours"]["seeds"] == [0] and "fused_mrr" in lines["warm-started base"]
 
 
 @pytest.mark.parametrize("row", list(power.ROWS))

@@ -80,6 +80,15 @@ def test_recipe_distills_and_keeps_the_better_of_base_and_checkpoints(tmp_path, 
     chosen = results["selection"]["warm_start"]
     assert "pseudo-queries (titles, spans)" in chosen and "validation queries" in chosen
     assert results["settings"]["recipe"]["warm_start"] == "distill"
+    # the warm-started base is fused with the first stage too, with a weight of its own, on the validation run of
+    # the weights kept (the score the choice above names, not a new scoring)
+    import re
+
+    assert "warm-started base, fused" in results["rows"] and 0.0 <= results["warm_start_fusion_weight"] <= 1.0
+    validation = results["validation_rows"]
+    kept = float(re.search(r"(?:best mrr@10 on the validation queries|mrr@10) \(?([0-9.]+)", chosen).group(1))
+    assert validation["warm-started base"]["mrr@10"] == pytest.approx(kept, abs=1e-4)
+    assert validation["warm-started base, fused"]["mrr@10"] >= validation["warm-started base"]["mrr@10"] - 1e-9
     # the warm-started base is saved for reuse as a base model, and every row has its per-query scores
     from sentence_transformers import CrossEncoder
 
