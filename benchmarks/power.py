@@ -281,7 +281,8 @@ def format_report(lines: list[dict], out: Path) -> str:
         test = line.get(f"{key}_vs_ours")
         if not test:
             return "-"
-        return f"{test['ours_minus_row']:+.3f} (p = {test['p_value']:.3f}, {len(test['seeds'])} seeds)"
+        n = len(test["seeds"])
+        return f"{test['ours_minus_row']:+.3f} (p = {test['p_value']:.3f}, {n} seed{'s' if n > 1 else ''})"
 
     def validation(line):
         values = [f"{line[key]:.3f}" if key in line else "-" for key in ("val_mrr", "val_fused_mrr")]
