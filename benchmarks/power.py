@@ -151,11 +151,11 @@ def run_one(row: str, seed: int, config: Path, out: Path, work: Path, extra: lis
 
 def _execute(command: list[str], folder: Path, row: str, seed: int) -> dict:
     """Run a recipe command; its ``results.json`` with the command, the machine and the load around it."""
-    load_before, t0 = load_average(), time.perf_counter()
+    machine, load_before, t0 = machine_info(), load_average(), time.perf_counter()  # the commit it starts from
     subprocess.run(command, check=True, cwd=REPO_ROOT)
     results = json.loads((folder / "results.json").read_text())
     return {"row": row, "seed": seed, "command": shlex.join(command[1:]), "wall_s": time.perf_counter() - t0,
-            "load_before": load_before, "load_after": load_average(), "machine": machine_info(),
+            "load_before": load_before, "load_after": load_average(), "machine": machine,
             "warm_start_only": "--warm_start_only" in command, **results}
 
 
