@@ -400,7 +400,8 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
         trainer = HardNegativeTrainer(recipe_args.model_name_or_path, train_args, train_dataset=pool,
                                       evaluator=validation, model_card_data=card)
         model = trainer.model
-        card.mining = _mining_card(mining_args, pool, mined)
+        if fine_tune:  # a --warm_start_only model saw no mined negative
+            card.mining = _mining_card(mining_args, pool, mined)
     else:
         model = load_reranker(recipe_args.model_name_or_path, max_length=train_args.max_length)
     if recipe_args.evaluate_base or not do_train:
