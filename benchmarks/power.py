@@ -14,8 +14,8 @@ Runs are resumable: each finished (row, seed) writes ``OUT/<row>/seed<S>.json`` 
 ``results.json`` plus the machine, the load average before and after, and the command) and is never rerun, so
 rows accumulate across sessions and machines; commit the files as they finish. The models stay in ``--work``:
 where a seed's ``ours`` result is kept but its warm-started base is not (a fresh checkout), that base is built
-again (``--warm_start_only``) and must score on the test queries as the kept result says, query by query. ``--report`` rebuilds
-``OUT/README.md`` from whatever is there.
+again (``--warm_start_only``) and must score on the test queries as the kept result says, query by query.
+``--report`` rebuilds ``OUT/README.md`` from whatever is there.
 
 Statistics, on the test queries: a row's score is the mean over its seeds of the test MRR@10; per query, the
 seed-averaged MRR@10 is what the 95% interval (bootstrap over queries, 10,000 seeded resamples) and the paired
@@ -94,6 +94,11 @@ def warm_start_result_path(out: Path, seed: int) -> Path:
     return out / slug(OURS) / f"seed{seed}-warm-start.json"
 
 
+def warm_start_dir(work: Path, seed: int) -> Path:
+    """Where a seed's ``ours`` run saves the warm-started base that the seed's other rows fine-tune."""
+    return work / slug(OURS) / f"seed{seed}" / "warm_start" / "final"
+
+
 def run_command(row: str, seed: int, config: Path, out: Path, work: Path, extra: list[str]) -> list[str]:
     """The ``hn-trainer train`` command of one (row, seed)."""
     flags = ["--config", str(config), "--seed", str(seed), "--output_dir", str(work / slug(row) / f"seed{seed}"),
@@ -102,10 +107,6 @@ def run_command(row: str, seed: int, config: Path, out: Path, work: Path, extra:
         base = warm_start_dir(work, seed)
         flags += ["--model_name_or_path", str(base), "--warm_start", "none", "--evaluate_base", "false"]
     return [sys.executable, "-m", "hn_trainer.cli", "train", *flags, *ROWS[row], *extra]
-
-
-def warm_start_dir(work: Path, seed: int) -> Path:
-    return work / slug(OURS) / f"seed{seed}" / "warm_start" / "final"
 
 
 def rebuild_warm_start(seed: int, config: Path, out: Path, work: Path, extra: list[str]) -> None:
@@ -176,13 +177,6 @@ def bootstrap_interval(values: np.ndarray, *, resamples: int = 10_000, seed: int
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def _row_of(result: dict, name: str) -> str | None:
-    """The results.json row a benchmark row reads: the fine-tuned reranker, or a shared row by its prefix."""
-    if name in SHARED_ROWS:
-        return next((r for r in result["rows"] if r.startswith(name)), None)
-    return "fine-tuned reranker"
-
-
 def _entry(result: dict, row: str, fused: str | None) -> dict:
     """One run's per-query and mean MRR@10 of ``row`` and of its ``fused`` row, with where it ran."""
     per_query, machine = result["per_query_mrr@10"], result.get("machine", {})
@@ -196,15 +190,18 @@ def _entry(result: dict, row: str, fused: str | None) -> dict:
 
 
 def _shared_entries(result: dict) -> dict[str, dict]:
-    """The shared rows an ``ours`` result gives; a ``--warm_start_only`` one (the warm start built again) gives
-    the warm-started base alone and fused, its only reranker (its fused row was once named plain ``fused``)."""
+    """The shared rows an ``ours`` result gives: the first stage, and the warm-started base alone and fused. A
+    ``--warm_start_only`` result (the warm start built again) gives them too; the first of those, seed 0's, was
+    written before the warm-started base's fused row had its own name, and calls it plain ``fused``."""
     entries = {}
-    for shared in SHARED_ROWS:
-        row = _row_of(result, shared)
-        if row in result["rows"]:
-            fused = next((f for f in (f"{row}, fused", "fused" if result.get("warm_start_only") else None)
-                          if f in result["rows"]), None) if shared == "warm-started base" else None
-            entries[shared] = _entry(result, row, fused)
+    first = next((row for row in result["rows"] if row.startswith("first stage")), None)  # "first stage (dense, ..."
+    if first is not None:
+        entries["first stage"] = _entry(result, first, None)
+    if "warm-started base" in result["rows"]:
+        fused = "warm-started base, fused"
+        if fused not in result["rows"] and result.get("warm_start_only"):
+            fused = "fused"
+        entries["warm-started base"] = _entry(result, "warm-started base", fused)
     return entries
 
 

@@ -395,7 +395,7 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
     selection = {"validation": splits.validation_source, "test": splits.test_source}
     validation_rows = {first_name: retrieval_metrics(candidates["validation"], splits.validation)} \
         if splits.validation else {}
-    summary_extra = {}
+    warm_fusion_weight = None
     if do_train:
         trainer = HardNegativeTrainer(recipe_args.model_name_or_path, train_args, train_dataset=pool,
                                       evaluator=validation, model_card_data=card)
@@ -425,11 +425,10 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
             if warm_run is None or state.num_processes != 1:  # (see _final_validation_run)
                 validation(model)
                 warm_run = validation.last_run
-            warm_fusion = _fusion(candidates, splits, warm_run, test.last_run)
+            (warm_fusion_weight, validation_rows["warm-started base"], validation_rows["warm-started base, fused"],
+             rows["warm-started base, fused"], per_query["warm-started base, fused"]) = \
+                _fusion(candidates, splits, warm_run, test.last_run)
             selection["warm_start_fusion_weight"] = "MRR@10 on the validation queries"
-            validation_rows["warm-started base"], validation_rows["warm-started base, fused"] = warm_fusion[1:3]
-            rows["warm-started base, fused"], per_query["warm-started base, fused"] = warm_fusion[3:]
-            summary_extra["warm_start_fusion_weight"] = warm_fusion[0]
         if state.is_main_process:
             trainer.model.save_pretrained(str(Path(train_args.output_dir) / "warm_start" / "final"))
     if fine_tune:
@@ -441,7 +440,7 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
         per_query[label] = _per_query_mrr(test.last_run, splits.test)
     if fine_tune and train_args.load_best_model_at_end:
         selection["checkpoint"] = f"{train_args.metric_for_best_model} on the validation queries"
-    fusion_weight = None
+    fusion_weight = None if fine_tune or not do_train else warm_fusion_weight  # --warm_start_only: that model's
     if eval_args.fusion and validation is not None and (fine_tune or not do_train):
         run = _final_validation_run(trainer, train_args, validation, state) if fine_tune else None
         if run is None:
@@ -451,16 +450,16 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
         fusion_weight, validation_rows[label], validation_rows["fused"], rows["fused"], per_query["fused"] = \
             _fusion(candidates, splits, run, test.last_run)
         selection["fusion_weight"] = "MRR@10 on the validation queries"
-    elif "warm_start_fusion_weight" in summary_extra:  # --warm_start_only: the warm-started base is the model
-        fusion_weight = summary_extra["warm_start_fusion_weight"]
     summary = {
         "rows": rows, "seconds": time.perf_counter() - t_start, "eval_queries": len(splits.test),
         "validation_queries": len(splits.validation), "fusion_weight": fusion_weight, "selection": selection,
         "validation_rows": validation_rows,  # what settings are compared on, never the test rows
-        "per_query_mrr@10": per_query, **summary_extra,
+        "per_query_mrr@10": per_query,
         "settings": {"data": asdict(data_args), "mining": asdict(mining_args), "evaluation": asdict(eval_args),
                      "recipe": asdict(recipe_args)},
     }
+    if warm_fusion_weight is not None:
+        summary["warm_start_fusion_weight"] = warm_fusion_weight
     if do_train:
         final_dir = Path(train_args.output_dir) / "final"
         card.eval_rows, card.fusion_weight = rows, fusion_weight
@@ -468,7 +467,7 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
                                  f"{eval_args.eval_candidates_k} of the {eval_args.first_stage} first stage")
         if state.is_main_process:
             trainer.save_model(str(final_dir))
-            logger.info("Saved the fine-tuned reranker to %s (loads with CrossEncoder(%r))", final_dir, str(final_dir))
+            logger.info("Saved the %s to %s (loads with CrossEncoder(%r))", label, final_dir, str(final_dir))
             if train_args.push_to_hub:
                 model.push_to_hub(train_args.hub_model_id, token=train_args.hub_token, local_model_path=str(final_dir))
         summary["model_dir"] = str(final_dir)
