@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         _run(command, rest)
+        _leave_process_group()
     except HNTrainerError as e:
         print(f"hn-trainer {command}: error: {e}", file=sys.stderr)
         return 1
@@ -76,6 +77,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hn-trainer {command}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _leave_process_group() -> None:
+    """After a command under `accelerate launch`: wait for every rank, then destroy the process group, so that
+    no rank exits while gloo or NCCL threads of another still run (an abort at interpreter exit otherwise)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        from accelerate import PartialState
+
+        state = PartialState()
+        state.wait_for_everyone()
+        state.destroy_process_group()
 
 
 if __name__ == "__main__":

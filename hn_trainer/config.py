@@ -141,7 +141,8 @@ class MiningArguments:
     )
     embedding_batch_size: int = field(default=64, metadata={"help": "Texts per encoder batch."})
     cache_dir: str | None = field(
-        default=None, metadata={"help": "Embedding cache (default: $HN_TRAINER_CACHE or ~/.cache/hn_trainer)."}
+        default=None, metadata={"help": "Embedding cache (default: $HN_TRAINER_CACHE or ~/.cache/hn_trainer; "
+                                        "'false': none, embeddings stay in memory)."}
     )
     mining_device: str | None = field(default=None, metadata={"help": "Device of the kernel (default: cuda if any)."})
     query_block_size: int | None = field(
@@ -176,6 +177,8 @@ class MiningArguments:
     def __post_init__(self) -> None:
         if isinstance(self.encoders, (list, tuple)):
             self.encoders = ",".join(self.encoders)
+        if isinstance(self.cache_dir, str) and self.cache_dir.strip().lower() in ("false", "none", "no", "off"):
+            self.cache_dir = False  # memory only, not a folder named "false"
         if not self.encoder_list:
             raise ConfigError("--encoders: name at least one encoder")
         if self.pca_variance is not None and not 0 < self.pca_variance <= 1:

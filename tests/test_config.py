@@ -70,3 +70,24 @@ def test_shipped_recipe_configs_parse(config):
     data_args, mining_args, train_args, eval_args, recipe_args = parse_recipe_args(["--config", str(config)])
     assert data_args.data and mining_args.encoder_list and train_args.output_dir
     assert recipe_args.model_name_or_path
+
+
+@pytest.mark.parametrize("value", ["false", "None", "off"])
+def test_a_cache_dir_of_false_means_no_cache_not_a_folder(value):
+    assert MiningArguments(cache_dir=value).cache_dir is False
+    assert MiningArguments(cache_dir="runs/cache").cache_dir == "runs/cache"
+
+
+def test_cpu_training_takes_bf16_exactly_where_the_cpu_has_it_natively(monkeypatch):
+    import torch
+
+    from hn_trainer.recipe import parse_recipe_args
+    from hn_trainer.training import training_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for native in (True, False):
+        monkeypatch.setattr(training_args, "cpu_has_native_bf16", lambda native=native: native)
+        train = parse_recipe_args(["--data", "demo"])[2]
+        assert train.use_cpu and train.bf16 is native
+    monkeypatch.setattr(training_args, "cpu_has_native_bf16", lambda: True)
+    assert parse_recipe_args(["--data", "demo", "--bf16", "false"])[2].bf16 is False  # the flag wins

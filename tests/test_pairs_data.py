@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -158,6 +159,7 @@ def _mine(tmp_path, pairs_file, corpus_file, *extra):
     args = ["mine", "--data", str(pairs_file), "--corpus", str(corpus_file), "--encoders", "lsa:8",
             "--cache_dir", "false", "--output_dir", str(out), "--pool_size", "3", "--save_embeddings", "true", *extra]
     assert main(args) == 0
+    assert not Path("false").exists()  # --cache_dir false: no cache, not a folder named "false"
     return out
 
 
@@ -288,7 +290,6 @@ def test_bi_encoder_recipe_trains_a_sentence_transformer_on_n_tuples(tmp_path, p
     """The README's bi-encoder example: our n-tuple output through SentenceTransformerTrainer with
     MultipleNegativesRankingLoss."""
     import importlib.util
-    from pathlib import Path
 
     import torch
     from sentence_transformers import SentenceTransformer

@@ -110,6 +110,20 @@ def test_score_pairs_batching_does_not_change_scores(reranker_dir):
     assert score_pairs(model, []).shape == (0,)
 
 
+def test_bf16_scoring_is_close_to_fp32_and_returns_float32(reranker_dir):
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(reranker_dir), device="cpu")
+    _, pairs = _pairs(CANDIDATES)
+    fp32 = score_pairs(model, pairs, batch_size=4)
+    bf16 = score_pairs(model, pairs, batch_size=4, bf16=True)
+    assert bf16.dtype == np.float32 and bf16.shape == fp32.shape
+    assert not np.array_equal(bf16, fp32)  # it did run in bfloat16 (8 bits of mantissa)
+    np.testing.assert_allclose(bf16, fp32, atol=0.05 * np.abs(fp32).max())
+    run = rerank(model, CANDIDATES, QUERIES, DOCS, batch_size=4, bf16=True)
+    assert [run[q][d] for q, docs in CANDIDATES.items() for d in docs] == pytest.approx(bf16.tolist())
+
+
 @pytest.mark.parametrize("n", range(9))
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
 def test_shard_bounds_partition(n, world_size):
@@ -227,6 +241,8 @@ run = rerank(model, payload["candidates"], payload["queries"], payload["docs"], 
              show_progress_bar=False, state=state)
 with open(f"{out_dir}/rank{state.process_index}.json", "w") as f:
     json.dump({"world": state.num_processes, "run": run}, f)
+state.wait_for_everyone()  # as `hn-trainer` does on leaving: no rank exits while gloo threads of another run
+state.destroy_process_group()
 """
 
 

@@ -52,6 +52,7 @@ class RerankingEvaluator(CrossEncoderRerankingEvaluator):
         fusion_weight: When set, also report the metrics of `fuse_runs` (first stage and reranker, this
             reranker weight) as ``fused_mrr@10`` etc.
         write_csv: Append the metrics to a CSV file in ``output_path`` when one is given.
+        bf16: Score under bfloat16 autocast, as ``--bf16`` training runs (see `score_pairs`).
 
     Attributes:
         last_run: The reranked run of the latest call (raw logits).
@@ -80,6 +81,7 @@ class RerankingEvaluator(CrossEncoderRerankingEvaluator):
         show_progress_bar: bool = False,
         fusion_weight: float | None = None,
         write_csv: bool = True,
+        bf16: bool = False,
     ) -> None:
         # The parent's __init__ wants sample dicts; the attributes it sets that still apply are set here.
         BaseEvaluator.__init__(self)
@@ -100,6 +102,7 @@ class RerankingEvaluator(CrossEncoderRerankingEvaluator):
         self.fusion_weight = fusion_weight
         self.prompt_name = None
         self.write_csv = write_csv
+        self.bf16 = bf16
         self.csv_file = "RerankingEvaluator" + (f"_{self.name}" if self.name else "") + "_results.csv"
         self.greater_is_better = True
         self.primary_metric = "mrr@10" if 10 in self.mrr_at else self.metric_names()[0]
@@ -177,6 +180,7 @@ class RerankingEvaluator(CrossEncoderRerankingEvaluator):
                 batch_size=self.batch_size,
                 show_progress_bar=self.show_progress_bar,
                 state=PartialState(),
+                bf16=self.bf16,
             )
         finally:
             model.train(was_training)

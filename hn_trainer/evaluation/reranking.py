@@ -35,16 +35,19 @@ def check_cross_encoder(model: Any) -> CrossEncoder:
     return model
 
 
-def _predict(model: CrossEncoder, pairs: list, batch_size: int, show_progress_bar: bool) -> np.ndarray:
+def _predict(
+    model: CrossEncoder, pairs: list, batch_size: int, show_progress_bar: bool, bf16: bool = False
+) -> np.ndarray:
     if not pairs:
         return np.empty(0, dtype=np.float32)
-    scores = model.predict(
-        pairs,
-        batch_size=batch_size,
-        show_progress_bar=show_progress_bar,
-        activation_fn=torch.nn.Identity(),
-        convert_to_numpy=True,
-    )
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+        scores = model.predict(
+            pairs,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            activation_fn=torch.nn.Identity(),
+            convert_to_numpy=True,
+        )
     return np.asarray(scores, dtype=np.float32).reshape(-1)
 
 
@@ -55,6 +58,7 @@ def score_pairs(
     batch_size: int = 64,
     show_progress_bar: bool = False,
     state: Any = None,
+    bf16: bool = False,
 ) -> np.ndarray:
     """Raw logits of a one-output `CrossEncoder` on (query, document) pairs, optionally over processes.
 
@@ -71,6 +75,8 @@ def score_pairs(
         batch_size: Pairs per forward pass.
         show_progress_bar: Show a progress bar (the main process only, when sharded).
         state: An `accelerate.PartialState` or `Accelerator`; ``None`` scores everything in this process.
+        bf16: Score under ``torch.autocast`` in bfloat16 (what ``--bf16`` training uses; native on CPUs with
+            AVX-512 BF16 or AMX, and on recent GPUs).
 
     Returns:
         ``float32`` array of ``len(pairs)`` scores.
@@ -82,7 +88,7 @@ def score_pairs(
     pairs = [tuple(pair) for pair in pairs]
     world_size = 1 if state is None else state.num_processes
     if world_size == 1 or getattr(model, "_distributed_inference", None) is not None:
-        return _predict(model, pairs, batch_size, show_progress_bar)
+        return _predict(model, pairs, batch_size, show_progress_bar, bf16)
 
     from accelerate.utils import gather_object
 
@@ -90,7 +96,7 @@ def score_pairs(
         logger.info(
             "Scoring %d of %d pairs on rank %d of %d", len(shard), len(pairs), state.process_index, world_size
         )
-        local = _predict(model, list(shard), batch_size, show_progress_bar and state.is_main_process)
+        local = _predict(model, list(shard), batch_size, show_progress_bar and state.is_main_process, bf16)
     scores = np.asarray(gather_object(local.tolist()), dtype=np.float32)
     if scores.shape != (len(pairs),):
         raise RuntimeError(
@@ -113,6 +119,7 @@ def rerank(
     batch_size: int = 64,
     show_progress_bar: bool = False,
     state: Any = None,
+    bf16: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Score every (query, candidate) pair with a cross-encoder and return the reranked run.
 
@@ -125,6 +132,7 @@ def rerank(
         show_progress_bar: Show a progress bar.
         state: An `accelerate.PartialState` or `Accelerator`: with several processes every rank must call
             this with the same run; each scores one shard and all receive the full run (see `score_pairs`).
+        bf16: Score under bfloat16 autocast (see `score_pairs`).
 
     Returns:
         ``{query_id: {doc_id: raw logit}}`` with the queries and documents of ``candidates_run``.
@@ -142,7 +150,7 @@ def rerank(
         pairs.append((query_texts[qid], doc_texts[doc]))
     logger.info("Reranking %d pairs of %d queries", len(pairs), len(candidates_run))
     scores = score_pairs(
-        model, pairs, batch_size=batch_size, show_progress_bar=show_progress_bar, state=state
+        model, pairs, batch_size=batch_size, show_progress_bar=show_progress_bar, state=state, bf16=bf16
     )
     run: dict[str, dict[str, float]] = {qid: {} for qid in candidates_run}
     for (qid, doc), score in zip(keys, scores.tolist(), strict=True):

@@ -14,6 +14,20 @@ from hn_trainer.training.losses import LOSSES, loss_layout
 logger = logging.getLogger(__name__)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matrix products natively (AVX-512 BF16 or AMX), where bf16 autocast
+    trains and scores faster than fp32 (``benchmarks/cpu_precision.py``); elsewhere it is emulated and slower."""
+    import torch
+
+    for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        try:
+            if getattr(torch.cpu, check)():
+                return True
+        except (AttributeError, RuntimeError):
+            continue
+    return False
+
+
 @dataclass
 class HardNegativeTrainingArguments(CrossEncoderTrainingArguments):
     """`CrossEncoderTrainingArguments` with the settings of hard-negative reranker training.
