@@ -91,3 +91,16 @@ def test_cpu_training_takes_bf16_exactly_where_the_cpu_has_it_natively(monkeypat
         assert train.use_cpu and train.bf16 is native
     monkeypatch.setattr(training_args, "cpu_has_native_bf16", lambda: True)
     assert parse_recipe_args(["--data", "demo", "--bf16", "false"])[2].bf16 is False  # the flag wins
+
+
+def test_without_torch_probes_the_bf16_check_reads_the_cpu_flags_and_agrees(monkeypatch):
+    import torch
+
+    from hn_trainer.training.training_args import cpu_has_native_bf16
+
+    probed = cpu_has_native_bf16()
+    if not Path("/proc/cpuinfo").exists():
+        pytest.skip("no /proc/cpuinfo to read the flags from")
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.delattr(torch.cpu, name, raising=False)
+    assert cpu_has_native_bf16() is probed

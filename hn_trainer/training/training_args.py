@@ -19,13 +19,15 @@ def cpu_has_native_bf16() -> bool:
     trains and scores faster than fp32 (``benchmarks/cpu_precision.py``); elsewhere it is emulated and slower."""
     import torch
 
-    for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        try:
-            if getattr(torch.cpu, check)():
-                return True
-        except (AttributeError, RuntimeError):
-            continue
-    return False
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    if any(check is not None for check in checks):  # torch's own CPU probes (private, hence the fallback)
+        return any(check is not None and check() for check in checks)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 @dataclass
