@@ -38,16 +38,6 @@ if str(REPO_ROOT) not in sys.path:
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 
 
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(f for f in line.split(":", 1)[1].split() if "bf16" in f or f.startswith("amx"))
-    except OSError:
-        pass
-    return []
-
-
 def _pairs(data_dir: str, n: int, seed: int) -> list[tuple[str, str, str]]:
     from hn_trainer.data import load_beir
 
@@ -112,6 +102,7 @@ def main(argv=None) -> dict:
 
     from benchmarks._machine import load_average, machine_info
     from hn_trainer.training import load_reranker
+    from hn_trainer.training.training_args import cpu_bf16_flags
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data/scifact")
@@ -149,7 +140,7 @@ def main(argv=None) -> dict:
         idx = [i for i, x in enumerate(query_of) if x == q]
         same_top += int(np.argmax(scores["fp32"][idx]) == np.argmax(scores["bf16"][idx]))
     report = {
-        "machine": machine_info(), "cpu_bf16_flags": cpu_flags(), "load_before": load_before,
+        "machine": machine_info(), "cpu_bf16_flags": cpu_bf16_flags(), "load_before": load_before,
         "load_after": load_average(), "settings": vars(args),
         "best": {k: {p: max(v[p]) for p in v} for k, v in results.items()}, "runs": results,
         "max_abs_score_difference": float(np.max(np.abs(scores["fp32"] - scores["bf16"]))),

@@ -290,6 +290,22 @@ def _as_flags(values: dict, source: str, known: set[str]) -> list[str]:
     return flags
 
 
+def _split_config(argv: list[str]) -> tuple[str | None, list[str]]:
+    """``(--config FILE or None, the other arguments)``."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", default=None)
+    config, rest = pre.parse_known_args(argv)
+    return config.config, rest
+
+
+def given_fields(argv: list[str]) -> set[str]:
+    """The fields that ``--config FILE`` or a flag of `argv` sets, so that a default the code injects can
+    yield to a setting that excludes it (the CPU's bf16 default to ``fp16``)."""
+    config, rest = _split_config(list(argv))
+    fields = {arg[2:].split("=", 1)[0] for arg in rest if arg.startswith("--")}
+    return fields | (set(read_config_file(Path(config))) if config is not None else set())
+
+
 def build_parser(dataclass_types: tuple[type, ...], prog: str | None = None):
     """`HfArgumentParser` over `dataclass_types`, with ``--config`` and without flag abbreviations."""
     from transformers import HfArgumentParser
@@ -324,12 +340,10 @@ def parse_args(
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(dataclass_types, prog=prog)
     known = {f.name for t in dataclass_types for f in dataclasses.fields(t) if f.init}
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--config", default=None)
-    config, rest = pre.parse_known_args(argv)
+    config, rest = _split_config(argv)
     flags = _as_flags(defaults or {}, "defaults", known)
-    if config.config is not None:
-        flags += _as_flags(read_config_file(Path(config.config)), config.config, known)
+    if config is not None:
+        flags += _as_flags(read_config_file(Path(config)), config, known)
     try:
         parsed = parser.parse_args_into_dataclasses([*flags, *rest], return_remaining_strings=True)
     except (ValueError, TypeError) as e:

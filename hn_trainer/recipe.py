@@ -138,17 +138,19 @@ def parse_recipe_args(argv: list[str] | None = None, defaults: dict | None = Non
     from flags and ``--config``; `defaults` sits under both (the demo's settings)."""
     import torch
 
+    from hn_trainer.config import given_fields
     from hn_trainer.training import HardNegativeTrainingArguments
     from hn_trainer.training.training_args import cpu_has_native_bf16
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     base = {"output_dir": "runs/reranker"}
     if not torch.cuda.is_available():  # so that `accelerate launch` runs several CPU processes on gloo
         base["use_cpu"] = True
         # bf16 autocast where the CPU has it natively: 1.3x training, 2.6x scoring, the same validation MRR
-        # (benchmarks/results/cpu_precision-*.json); `--bf16 false` keeps fp32
-        base["bf16"] = cpu_has_native_bf16()
+        # (benchmarks/results/cpu_precision-*.json); `--bf16 false` keeps fp32, and an fp16 setting wins
+        base["bf16"] = cpu_has_native_bf16() and "fp16" not in given_fields(argv)
     types = (DataArguments, MiningArguments, HardNegativeTrainingArguments, EvaluationArguments, RecipeArguments)
-    return parse_args(types, sys.argv[1:] if argv is None else argv, defaults={**base, **(defaults or {})})
+    return parse_args(types, argv, defaults={**base, **(defaults or {})})
 
 
 # ----- queries ----------------------------------------------------------------------------------------------

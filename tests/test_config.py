@@ -104,3 +104,21 @@ def test_without_torch_probes_the_bf16_check_reads_the_cpu_flags_and_agrees(monk
     for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         monkeypatch.delattr(torch.cpu, name, raising=False)
     assert cpu_has_native_bf16() is probed
+
+
+def test_an_fp16_setting_wins_over_the_cpu_bf16_default(monkeypatch, tmp_path):
+    import torch
+
+    from hn_trainer.config import given_fields
+    from hn_trainer.recipe import parse_recipe_args
+    from hn_trainer.training import training_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(training_args, "cpu_has_native_bf16", lambda: True)
+    train = parse_recipe_args(["--data", "demo", "--fp16", "true"])[2]
+    assert train.fp16 and not train.bf16
+    cfg = tmp_path / "fp16.yaml"
+    cfg.write_text("data: demo\nfp16: true\n")
+    train = parse_recipe_args(["--config", str(cfg)])[2]
+    assert train.fp16 and not train.bf16
+    assert given_fields(["--config", str(cfg), "--seed=3", "--bf16", "false"]) == {"data", "fp16", "seed", "bf16"}

@@ -14,6 +14,17 @@ from hn_trainer.training.losses import LOSSES, loss_layout
 logger = logging.getLogger(__name__)
 
 
+def cpu_bf16_flags() -> list[str]:
+    """The CPU's bfloat16 and AMX flags in ``/proc/cpuinfo`` (e.g. ``avx512_bf16``, ``amx_bf16``); ``[]``
+    where there is none or no such file."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted(flag for flag in flags if "bf16" in flag or flag.startswith("amx"))
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU runs bfloat16 matrix products natively (AVX-512 BF16 or AMX), where bf16 autocast
     trains and scores faster than fp32 (``benchmarks/cpu_precision.py``); elsewhere it is emulated and slower."""
@@ -22,12 +33,7 @@ def cpu_has_native_bf16() -> bool:
     checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
     if any(check is not None for check in checks):  # torch's own CPU probes (private, hence the fallback)
         return any(check is not None and check() for check in checks)
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return bool({"amx_bf16", "avx512_bf16"} & set(cpu_bf16_flags()))
 
 
 @dataclass
