@@ -31,7 +31,8 @@ def _run(command: str, argv: list[str]) -> None:
         from hn_trainer.config import DataArguments, MineOutputArguments, MiningArguments, parse_args
 
         # arguments first: --help and a bad flag answer before torch and datasets are imported
-        args = parse_args((DataArguments, MiningArguments, MineOutputArguments), argv, prog="hn-trainer mine")
+        args = parse_args((DataArguments, MiningArguments, MineOutputArguments), argv, prog="hn-trainer mine",
+                          file_may_hold=_train_only_arguments)  # `hn-trainer train`'s config works here too
         from hn_trainer.mining.pipeline import run_mine
 
         run_mine(*args)
@@ -47,6 +48,14 @@ def _run(command: str, argv: list[str]) -> None:
         from hn_trainer.recipe import demo_main
 
         demo_main(argv)
+
+
+def _train_only_arguments() -> tuple[type, ...]:
+    """The argument dataclasses of ``hn-trainer train`` that ``mine`` lacks (a recipe config sets them too)."""
+    from hn_trainer.recipe import EvaluationArguments, RecipeArguments
+    from hn_trainer.training import HardNegativeTrainingArguments
+
+    return HardNegativeTrainingArguments, EvaluationArguments, RecipeArguments
 
 
 def main(argv: list[str] | None = None) -> int:

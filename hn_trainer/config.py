@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -326,12 +327,18 @@ def parse_args(
     *,
     defaults: dict | None = None,
     prog: str | None = None,
+    file_may_hold: Callable[[], tuple[type, ...]] | None = None,
 ) -> tuple:
     """Parse ``--config FILE.yaml`` plus flags into instances of `dataclass_types`.
 
     Precedence, lowest first: the dataclasses' defaults, then `defaults` (e.g. the demo's settings), then the
     config file, then the command line. Everything goes through the same `HfArgumentParser`: a file value is
     parsed exactly like the same flag.
+
+    Args:
+        file_may_hold: Dataclasses (returned by the callable, called only when the file has fields
+            `dataclass_types` lack) whose fields the config file may also set and this command skips:
+            ``hn-trainer mine`` reads a ``train`` recipe's config and ignores its training fields.
 
     Raises:
         ConfigError: For a field that no dataclass declares (in the file or on the command line), a value the
@@ -343,7 +350,11 @@ def parse_args(
     config, rest = _split_config(argv)
     flags = _as_flags(defaults or {}, "defaults", known)
     if config is not None:
-        flags += _as_flags(read_config_file(Path(config)), config, known)
+        values = read_config_file(Path(config))
+        if file_may_hold is not None and set(values) - known:
+            skipped = {f.name for t in file_may_hold() for f in dataclasses.fields(t) if f.init}
+            values = {key: value for key, value in values.items() if key in known or key not in skipped}
+        flags += _as_flags(values, config, known)
     try:
         parsed = parser.parse_args_into_dataclasses([*flags, *rest], return_remaining_strings=True)
     except (ValueError, TypeError) as e:

@@ -72,6 +72,29 @@ def test_shipped_recipe_configs_parse(config):
     assert recipe_args.model_name_or_path
 
 
+@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_mine_reads_a_train_recipe_config_and_skips_its_training_fields(config):
+    from hn_trainer.cli import _train_only_arguments
+    from hn_trainer.recipe import parse_recipe_args
+
+    data, mining, output = parse_args(TYPES, ["--config", str(config)], file_may_hold=_train_only_arguments)
+    recipe_data, recipe_mining, train, _, _ = parse_recipe_args(["--config", str(config)])
+    assert data == recipe_data and mining == recipe_mining  # the same mining as `hn-trainer train` runs
+    assert output.output_dir == train.output_dir
+
+
+def test_mine_with_a_train_config_still_refuses_a_field_no_command_knows(tmp_path):
+    from hn_trainer.cli import _train_only_arguments
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("learning_rate: 1.0e-5\nwarm_start: distill\npca_varianse: 0.9\n")
+    with pytest.raises(ConfigError, match=r"unknown config field\(s\): pca_varianse$"):
+        parse_args(TYPES, ["--config", str(cfg)], file_may_hold=_train_only_arguments)
+    with pytest.raises(ConfigError, match="learning_rate"):  # without it, a training field is unknown to mine
+        parse_args(TYPES, ["--config", str(cfg)])
+
+
 @pytest.mark.parametrize("value", ["false", "None", "off"])
 def test_a_cache_dir_of_false_means_no_cache_not_a_folder(value):
     assert MiningArguments(cache_dir=value).cache_dir is False
