@@ -9,9 +9,8 @@ the share ranked above the positive (documents the first stage prefers to the ju
 likeliest to be unjudged relevant ones).
 
 Example (SciFact's training pairs, the recipe's ensemble; embeddings come from the embedding cache):
-    hn-trainer mine --data ../shared/data/scifact --split train --pool_size 8 \\
-        --encoders sentence-transformers/all-MiniLM-L6-v2,sentence-transformers/paraphrase-MiniLM-L3-v2,lsa \\
-        --method dual_condition --output_dir runs/negatives/dual_condition
+    hn-trainer mine --config recipes/configs/scifact.yaml --method dual_condition \\
+        --output_dir runs/negatives/dual_condition
     python benchmarks/negative_ranks.py --data ../shared/data/scifact runs/negatives/*/triples.jsonl
 """
 
@@ -72,23 +71,21 @@ def main(argv: list[str] | None = None) -> None:
     from hn_trainer.data.beir import load_beir
     from hn_trainer.embeddings.cache import CachedEncoder
     from hn_trainer.embeddings.encoders import load_encoder
+    from hn_trainer.io import write_json
 
     data = load_beir(args.data)
+    corpus_ids = list(data.corpus["_id"])
     encoder = CachedEncoder.create(load_encoder(args.first_stage_encoder))
     corpus_vectors = np.asarray(encoder.encode(data.document_texts()), dtype=np.float32)
     report = {"data": args.data, "first_stage_encoder": args.first_stage_encoder, "files": {}}
     for path in args.triples:
         triples = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
         query_vectors = np.asarray(encoder.encode([t["query"] for t in triples]), dtype=np.float32)
-        stats = negative_ranks(triples, list(data.corpus["_id"]), query_vectors, corpus_vectors, top_k=args.top_k)
+        stats = negative_ranks(triples, corpus_ids, query_vectors, corpus_vectors, top_k=args.top_k)
         report["files"][path] = stats
         print(f"{path}: {json.dumps(stats)}")
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
-        tmp.replace(out)
+        write_json(args.out, report, indent=1)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks._machine import load_average, machine_info  # noqa: E402
+from hn_trainer.io import write_json, write_text
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "paper"
 DEFAULT_CONFIG = REPO_ROOT / "recipes" / "configs" / "scifact.yaml"
@@ -134,7 +135,7 @@ def rebuild_warm_start(seed: int, config: Path, out: Path, work: Path, extra: li
     target.parent.mkdir(parents=True, exist_ok=True)
     (folder / "warm_start" / "final").replace(target)
     if not warm_start_result_path(out, seed).exists():  # it gives the warm-started base's fused row too
-        _write(warm_start_result_path(out, seed), record)
+        write_json(warm_start_result_path(out, seed), record, indent=1)
 
 
 def run_one(row: str, seed: int, config: Path, out: Path, work: Path, extra: list[str]) -> dict:
@@ -150,7 +151,7 @@ def run_one(row: str, seed: int, config: Path, out: Path, work: Path, extra: lis
     command = run_command(row, seed, config, out, work, extra)
     print(f"[power] {row}, seed {seed}: {shlex.join(command)}", flush=True)
     record = _execute(command, work / slug(row) / f"seed{seed}", row, seed)
-    _write(path, record)
+    write_json(path, record, indent=1)
     return record
 
 
@@ -162,13 +163,6 @@ def _execute(command: list[str], folder: Path, row: str, seed: int) -> dict:
     return {"row": row, "seed": seed, "command": shlex.join(command[1:]), "wall_s": time.perf_counter() - t0,
             "load_before": load_before, "load_after": load_average(), "machine": machine,
             "warm_start_only": "--warm_start_only" in command, **results}
-
-
-def _write(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)
 
 
 # ----- statistics -------------------------------------------------------------------------------------------
@@ -329,10 +323,9 @@ def main(argv=None) -> int:
             for row in rows:
                 run_one(row, seed, args.config, args.out, args.work, extra)
     lines = summarize(collect(args.out))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(lines, indent=1) + "\n")
+    write_json(args.out / "summary.json", lines, indent=1)
     report = format_report(lines, args.out)
-    (args.out / "README.md").write_text(report)
+    write_text(args.out / "README.md", report)
     print(report)
     return 0
 
