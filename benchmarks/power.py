@@ -26,6 +26,7 @@ Example:
     HF_HUB_OFFLINE=1 python benchmarks/power.py --rows ablations --seeds 0       # the ablations, one seed
     HF_HUB_OFFLINE=1 python benchmarks/power.py --rows ours random --seeds 0     # some rows
     python benchmarks/power.py --report                                           # the table only
+    python benchmarks/power.py --compare "sentence-transformers mine_hard_negatives" "first stage"  # two rows
 """
 
 from __future__ import annotations
@@ -231,8 +232,6 @@ def seed_average(runs: dict[int, dict], key: str, seeds: list[int]) -> dict[str,
 
 def summarize(found: dict[str, dict[int, dict]]) -> list[dict]:
     """One line per row: seeds, mean MRR@10 alone and fused with 95% intervals, paired test against ours."""
-    from hn_trainer.evaluation.metrics import paired_test
-
     lines = []
     for name in [*SHARED_ROWS, *ROWS]:
         runs = found.get(name)
@@ -252,17 +251,26 @@ def summarize(found: dict[str, dict[int, dict]]) -> list[dict]:
             line[label] = float(np.mean([runs[s][label] for s in seeds]))
             line[f"{label}_ci"] = bootstrap_interval(values)
             line[f"{label}_per_seed"] = [runs[s][label] for s in seeds]
-            ours = found.get(OURS, {})
-            common = [s for s in seeds if s in ours]
-            if name != OURS and common:
-                mine = seed_average(runs, key, common)
-                theirs = seed_average(ours, key, common)
-                if mine and theirs and set(mine) == set(theirs):
-                    test = paired_test(theirs, mine)
-                    line[f"{label}_vs_ours"] = {"ours_minus_row": test.mean_difference, "p_value": test.p_value,
-                                                "seeds": common, "queries": test.n}
+            test = compare(found.get(OURS, {}), runs, key) if name != OURS else None
+            if test is not None:
+                line[f"{label}_vs_ours"] = {"ours_minus_row": test["a_minus_b"], "p_value": test["p_value"],
+                                            "seeds": test["seeds"], "queries": test["queries"]}
         lines.append(line)
     return lines
+
+
+def compare(a: dict[int, dict], b: dict[int, dict], key: str) -> dict | None:
+    """The paired permutation test of row `a` against row `b` (their runs by seed) on per-query MRR@10 ``key``
+    ('alone' or 'fused') averaged over the seeds both have; ``None`` without such seeds or queries."""
+    from hn_trainer.evaluation.metrics import paired_test
+
+    common = [s for s in sorted(b) if s in a]
+    first = seed_average(a, key, common) if common else None
+    second = seed_average(b, key, common) if common else None
+    if not first or not second or set(first) != set(second):
+        return None
+    test = paired_test(first, second)
+    return {"a_minus_b": test.mean_difference, "p_value": test.p_value, "seeds": common, "queries": test.n}
 
 
 def format_report(lines: list[dict], out: Path) -> str:
@@ -316,7 +324,21 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Where finished runs and the report go.")
     parser.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "power", help="Run folders (models).")
     parser.add_argument("--report", action="store_true", help="Only rebuild the report from finished runs.")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                        help="Only print the paired test of row A against row B (either may be a shared row such "
+                             "as 'first stage'), alone and fused, from finished runs.")
     args, extra = parser.parse_known_args(argv)
+    if args.compare:
+        found, (a, b) = collect(args.out), args.compare
+        for name in (a, b):
+            if name not in found:
+                parser.error(f"--compare: no finished runs of {name!r} in {args.out} (rows: {', '.join(found)})")
+        for key in ("alone", "fused"):
+            test = compare(found[a], found[b], key)
+            print(f"{a} - {b}, {key}: " + ("-" if test is None else
+                  f"{test['a_minus_b']:+.3f} (p = {test['p_value']:.3f}, seeds {test['seeds']}, "
+                  f"{test['queries']} queries)"))
+        return 0
     if not args.report:
         rows = list(dict.fromkeys(r for name in args.rows for r in GROUPS.get(name, (name,))))
         for seed in args.seeds:

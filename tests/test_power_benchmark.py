@@ -52,6 +52,23 @@ def test_statistics_average_seeds_per_query_and_test_against_ours(tmp_path):
     assert "| random | 2 | 0.450 / - |" in report and "p = " in report and "test cpu" in report
 
 
+def test_compare_tests_any_two_rows_on_their_common_seeds(tmp_path, capsys):
+    queries = [f"q{i}" for i in range(30)]
+    for seed in (0, 1):
+        _fake_result(tmp_path, "bm25", seed, {q: 1.0 for q in queries})
+    _fake_result(tmp_path, "random", 1, {q: 0.5 for q in queries})
+    found = power.collect(tmp_path)
+    test = power.compare(found["bm25"], found["random"], "alone")
+    assert test["a_minus_b"] == pytest.approx(0.5) and test["p_value"] < 0.01
+    assert test["seeds"] == [1] and test["queries"] == 30
+    assert power.compare(found["bm25"], found["random"], "fused") is None  # no fused rows
+    assert power.main(["--out", str(tmp_path), "--compare", "bm25", "random"]) == 0
+    assert "bm25 - random, alone: +0.500 (p = 0.000, seeds [1], 30 queries)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        power.main(["--out", str(tmp_path), "--compare", "bm25", "dense top-k"])
+    assert "no finished runs of 'dense top-k'" in capsys.readouterr().err
+
+
 def test_rows_run_through_the_recipe_share_the_warm_start_and_resume(tmp_path, tiny_beir, tiny_bert_dir,
                                                                       tiny_encoder_dir):
     config = tmp_path / "tiny.yaml"
