@@ -69,6 +69,8 @@ ROWS: dict[str, list[str]] = {
     "ours, one encoder (all-MiniLM-L6-v2)": ["--encoders", "sentence-transformers/all-MiniLM-L6-v2"],
     "ours, PCA 80%": ["--pca_variance", "0.8"],
     "ours, concatenation without PCA": ["--pca_variance", "1.0"],
+    # the paper's triples only: pairs without a dual-condition negative are dropped, not given a random one
+    "ours, pairs without a negative dropped": ["--keep_pairs_without_negatives", "false"],
     # fine-tuning settings of ours, compared on the validation queries (same compute per epoch as the config)
     "ours, lce with 3 negatives, 1 epoch": ["--loss", "lce", "--num_negatives", "3",
                                             "--per_device_train_batch_size", "4", "--num_train_epochs", "1",
