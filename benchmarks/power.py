@@ -247,7 +247,8 @@ def collect(out: Path) -> dict[str, dict[int, dict]]:
     for name in ROWS:
         # a seed's own run before its rebuilt warm start (seedS-warm-start.json), which only stands in for
         # shared rows the run lacks
-        for path in sorted((out / slug(name)).glob("seed*.json"), key=lambda p: (p.stem.endswith("-warm-start"), p.name)):
+        paths = sorted((out / slug(name)).glob("seed*.json"), key=lambda p: (p.stem.endswith("-warm-start"), p.name))
+        for path in paths:
             result = json.loads(path.read_text())
             seed = int(result["seed"])
             if not result.get("warm_start_only"):

@@ -107,6 +107,8 @@ def test_rows_run_through_the_recipe_share_the_warm_start_and_resume(tmp_path, t
     rebuilt = json.loads(power.warm_start_result_path(out, 0).read_text())
     assert rebuilt["warm_start_only"] and "fine-tuned reranker" not in rebuilt["rows"]
     assert rebuilt["per_query_mrr@10"]["warm-started base"] == ours["per_query_mrr@10"]["warm-started base"]
+    assert rebuilt["rebuilt_vs_kept"]["queries_differing"] == 0
+    assert (work / "ours" / "seed0-warm-start" / power.RECORD).exists()  # a finished rebuild is reused
     assert power.result_path(out, "random", 0).exists()
     lines = {line["row"]: line for line in json.loads((out / "summary.json").read_text())}
     assert list(lines) == ["first stage", "warm-started base", "ours", "random"]  # the rebuild is no ours seed
@@ -130,3 +132,29 @@ def test_groups_split_methods_from_ablations():
     assert set(power.GROUPS["methods"]) | set(power.GROUPS["ablations"]) == set(power.ROWS)
     assert power.OURS in power.GROUPS["methods"] and all(r.startswith("ours, ") for r in power.ABLATIONS)
     assert "sentence-transformers mine_hard_negatives" in power.GROUPS["methods"]
+
+
+def test_a_rebuilt_warm_start_may_differ_from_the_kept_one_only_within_tolerance():
+    kept = {f"q{i}": 0.5 for i in range(100)}
+    flipped = {**kept, "q0": 1.0, "q1": 0.333}  # a couple of near-ties decided the other way
+    deviation = power.rebuild_deviation(flipped, kept)
+    assert deviation["queries_differing"] == 2 and deviation["max_difference"] == pytest.approx(0.5)
+    assert power.rebuild_within_tolerance(deviation)
+    other_model = {q: (1.0 if i % 4 == 0 else 0.5) for i, q in enumerate(kept)}  # a quarter of the queries move
+    assert not power.rebuild_within_tolerance(power.rebuild_deviation(other_model, kept))
+    assert not power.rebuild_within_tolerance(power.rebuild_deviation({"q0": 0.5}, kept))  # other queries
+
+
+def test_a_seeds_own_ours_run_gives_the_shared_rows_before_its_rebuilt_warm_start(tmp_path):
+    queries = [f"q{i}" for i in range(10)]
+    _fake_result(tmp_path, "ours", 0, {q: 1.0 for q in queries}, fused={q: 1.0 for q in queries})
+    for name, score in (("seed0.json", 0.5), ("seed0-warm-start.json", 0.25)):
+        path = tmp_path / "ours" / name
+        result = json.loads(path.read_text()) if name == "seed0.json" else {
+            "row": "ours", "seed": 0, "warm_start_only": True, "rows": {}, "per_query_mrr@10": {}}
+        per_query = {row: {q: score for q in queries} for row in ("warm-started base", "warm-started base, fused")}
+        result["per_query_mrr@10"].update(per_query)
+        result["rows"].update({k: {"mrr@10": score} for k in per_query})
+        path.write_text(json.dumps(result))
+    found = power.collect(tmp_path)
+    assert found["warm-started base"][0]["mrr"] == 0.5 and found["ours"][0]["mrr"] == 1.0
