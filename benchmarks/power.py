@@ -14,7 +14,8 @@ Runs are resumable: each finished (row, seed) writes ``OUT/<row>/seed<S>.json`` 
 ``results.json`` plus the machine, the load average before and after, and the command) and is never rerun, so
 rows accumulate across sessions and machines; commit the files as they finish. The models stay in ``--work``:
 where a seed's ``ours`` result is kept but its warm-started base is not (a fresh checkout), that base is built
-again (``--warm_start_only``) and must score on the test queries as the kept result says, query by query.
+again (``--warm_start_only``) and must score on the test queries as the kept result says, within
+`REBUILD_TOLERANCE`.
 ``--report`` rebuilds ``OUT/README.md`` from whatever is there.
 
 Statistics, on the test queries: a row's score is the mean over its seeds of the test MRR@10; per query, the
