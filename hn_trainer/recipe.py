@@ -464,6 +464,8 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
         "settings": {"data": asdict(data_args), "mining": asdict(mining_args), "evaluation": asdict(eval_args),
                      "recipe": asdict(recipe_args)},
     }
+    if fine_tune:  # how many pairs mining gave a negative, and the ensemble's dimensions
+        summary["mining"] = card.mining
     if warm_fusion_weight is not None:
         summary["warm_start_fusion_weight"] = warm_fusion_weight
     if do_train:

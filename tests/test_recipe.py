@@ -35,6 +35,8 @@ def test_train_saves_a_crossencoder_with_card_and_results(tmp_path, tiny_beir, t
     assert set(rows) == {"first stage (dense, top 5)", "base reranker", "fine-tuned reranker", "fused"}
     assert results["selection"]["validation"].startswith("1 training queries held out")
     assert 0.0 <= results["fusion_weight"] <= 1.0
+    mining = results["mining"]  # what the negatives came from, as the model card says
+    assert 0 <= mining["pairs_without_negatives"] <= mining["pairs"] and mining["dim_pca"] <= mining["dim_concat"]
     # the validation rows settings are compared on; the weight is the best of a grid holding w = 0 (the first
     # stage's ranking) and w = 1 (the reranker's), so the fused row is at least as good as either
     validation = results["validation_rows"]
