@@ -72,6 +72,9 @@ ROWS: dict[str, list[str]] = {
     "ours, concatenation without PCA": ["--pca_variance", "1.0"],
     # the paper's triples only: pairs without a dual-condition negative are dropped, not given a random one
     "ours, pairs without a negative dropped": ["--keep_pairs_without_negatives", "false"],
+    # a control: ours' fine-tuning again, from the seed's warm start as the other rows get it (rebuilt on another
+    # machine, say): how far a row moves with nothing changed
+    "ours, fine-tuned again (control)": [],
     # fine-tuning settings of ours, compared on the validation queries (same compute per epoch as the config)
     "ours, lce with 3 negatives, 1 epoch": ["--loss", "lce", "--num_negatives", "3",
                                             "--per_device_train_batch_size", "4", "--num_train_epochs", "1",
