@@ -142,6 +142,12 @@ def test_a_rebuilt_warm_start_may_differ_from_the_kept_one_only_within_tolerance
     assert power.rebuild_within_tolerance(deviation)
     other_model = {q: (1.0 if i % 4 == 0 else 0.5) for i, q in enumerate(kept)}  # a quarter of the queries move
     assert not power.rebuild_within_tolerance(power.rebuild_deviation(other_model, kept))
+    # each bound on its own: many queries moved with the mean unchanged; few moved far
+    balanced = {q: 0.5 + (0.1 if i % 2 else -0.1) for i, q in enumerate(kept)}
+    assert power.rebuild_deviation(balanced, kept)["mean_difference"] == pytest.approx(0.0)
+    assert not power.rebuild_within_tolerance(power.rebuild_deviation(balanced, kept))
+    zeros = {q: 0.0 for q in kept}
+    assert not power.rebuild_within_tolerance(power.rebuild_deviation({**zeros, "q0": 1.0, "q1": 1.0}, zeros))
     assert not power.rebuild_within_tolerance(power.rebuild_deviation({"q0": 0.5}, kept))  # other queries
 
 
