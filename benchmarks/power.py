@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -144,22 +145,42 @@ def rebuild_within_tolerance(deviation: dict) -> bool:
             and deviation["queries_differing"] <= REBUILD_TOLERANCE["queries"] * deviation["queries"])
 
 
+def kept_warm_start_step(result: dict) -> int | None:
+    """The warm-start step a result's model was kept at ("checkpoint of step 237 of 313"), if it names one."""
+    found = re.search(r"checkpoint of step (\d+) of \d+", result.get("selection", {}).get("warm_start", ""))
+    return int(found.group(1)) if found else None
+
+
+def rebuild_command(seed: int, config: Path, out: Path, work: Path, extra: list[str], kept: dict) -> list[str]:
+    """The command that builds again the warm start of the kept ``ours`` result `kept`, at the step it kept."""
+    step = kept_warm_start_step(kept)
+    command = [*run_command(OURS, seed, config, out, work, extra), "--warm_start_only", "true",
+               "--evaluate_base", "false", *(["--warm_start_step", str(step)] if step else [])]
+    command[command.index("--output_dir") + 1] = str(rebuild_dir(work, seed))
+    return command
+
+
+def rebuild_dir(work: Path, seed: int) -> Path:
+    return work / slug(OURS) / f"seed{seed}-warm-start"
+
+
 def rebuild_warm_start(seed: int, config: Path, out: Path, work: Path, extra: list[str]) -> None:
     """Build again the warm-started base of a seed whose ``ours`` result is kept but whose model is not (a fresh
     checkout, another machine): the ``ours`` command with ``--warm_start_only``, in a folder beside the run's
     (a finished one there is used, not run again). Its test scores must be those of the kept result within
-    `REBUILD_TOLERANCE`, else rows fine-tuned from it would not be comparable; the deviation is recorded."""
-    folder = work / slug(OURS) / f"seed{seed}-warm-start"
-    command = [*run_command(OURS, seed, config, out, work, extra), "--warm_start_only", "true",
-               "--evaluate_base", "false"]
-    command[command.index("--output_dir") + 1] = str(folder)
+    `REBUILD_TOLERANCE`, else rows fine-tuned from it would not be comparable; the deviation is recorded. It
+    keeps the warm-start step the kept result names (``--warm_start_step``): two validation scores 0.0002 apart
+    pick different checkpoints on another CPU otherwise."""
+    folder = rebuild_dir(work, seed)
+    kept_result = json.loads(result_path(out, OURS, seed).read_text())
+    command = rebuild_command(seed, config, out, work, extra, kept_result)
     if (folder / RECORD).exists() and (folder / "warm_start" / "final").is_dir():
         record = json.loads((folder / RECORD).read_text())
         print(f"[power] {OURS}, seed {seed}: the kept result's warm start, built again in {folder}", flush=True)
     else:
         print(f"[power] {OURS}, seed {seed}: the kept result's warm start, again: {shlex.join(command)}", flush=True)
         record = _execute(command, folder, OURS, seed)
-    kept = json.loads(result_path(out, OURS, seed).read_text())["per_query_mrr@10"]["warm-started base"]
+    kept = kept_result["per_query_mrr@10"]["warm-started base"]
     record["rebuilt_vs_kept"] = deviation = rebuild_deviation(record["per_query_mrr@10"]["warm-started base"], kept)
     if not rebuild_within_tolerance(deviation):
         raise RuntimeError(

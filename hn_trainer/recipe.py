@@ -100,6 +100,12 @@ class RecipeArguments:
         metadata={"help": "'distill' with validation queries: evaluate every N warm-start steps (default: 4 times "
                   "in all) and keep the best checkpoint, or the base when no checkpoint beats it."},
     )
+    warm_start_step: int | None = field(
+        default=None,
+        metadata={"help": "'distill' with validation queries: keep the warm-start checkpoint of this step (one of "
+                  "the validation steps) instead of the best one, to build again the model a results.json "
+                  "records (its selection names the step); validation still runs and is recorded."},
+    )
     warm_start_only: bool = field(
         default=False,
         metadata={"help": "Stop after the warm start: save and evaluate the warm-started base (output_dir/final, "
@@ -117,7 +123,7 @@ class RecipeArguments:
         kinds = [k.strip() for k in str(self.warm_start_kinds).split(",") if k.strip()]
         if not kinds or set(kinds) - set(KINDS):
             raise ConfigError(f"--warm_start_kinds must name {' and/or '.join(KINDS)}, got {self.warm_start_kinds!r}")
-        for name in ("warm_start_candidates", "warm_start_eval_steps"):
+        for name in ("warm_start_candidates", "warm_start_eval_steps", "warm_start_step"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {value}")
@@ -129,6 +135,8 @@ class RecipeArguments:
             raise ConfigError(f"--warm_start_epochs must be positive, got {self.warm_start_epochs}")
         if self.warm_start_max_pairs is not None and self.warm_start_max_pairs < 1:
             raise ConfigError(f"--warm_start_max_pairs must be at least 1, got {self.warm_start_max_pairs}")
+        if self.warm_start_step is not None and self.warm_start != "distill":
+            raise ConfigError("--warm_start_step picks a checkpoint of --warm_start distill")
         if self.warm_start_only and self.warm_start == "none":
             raise ConfigError("--warm_start_only needs a warm start: set --warm_start distill or titles")
 
@@ -565,6 +573,7 @@ def _distill_warm_start(trainer, data, mining_args, train_args, recipe_args, min
     from sentence_transformers.cross_encoder import CrossEncoderTrainer
     from sentence_transformers.cross_encoder.losses import ListNetLoss
 
+    from hn_trainer.training.callbacks import KeepStepCallback
     from hn_trainer.training.warm_start import student_scale, warm_start_dataset
 
     model = trainer.model
@@ -588,17 +597,33 @@ def _distill_warm_start(trainer, data, mining_args, train_args, recipe_args, min
         save_steps=every, save_total_limit=1 if select else None, load_best_model_at_end=select,
         metric_for_best_model=metric if select else None, greater_is_better=True, remine_steps=0,
     )
+    pinned = recipe_args.warm_start_step
+    if pinned is not None:
+        validation_steps = sorted({*range(every, steps + 1, every), steps}) if select else []
+        if pinned not in validation_steps:
+            raise ConfigError(f"--warm_start_step {pinned}: the warm start validates at steps {validation_steps} "
+                              f"of {steps}" if select else "--warm_start_step needs validation queries")
     base_score = validation(model)[key] if select else None
     base_run = validation.last_run if select else None
     base_state = copy.deepcopy(model.state_dict()) if select else None
+    keeper = KeepStepCallback(pinned, validation, metric) if pinned is not None else None
     host = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, evaluator=validation,
-                               loss=ListNetLoss(model, activation_fn=student_scale(recipe_args.warm_start_temperature)))
+                               loss=ListNetLoss(model, activation_fn=student_scale(recipe_args.warm_start_temperature)),
+                               callbacks=[keeper] if keeper else None)
     host.train()
     n = len(dataset)
     if not select:
         return f"{n} pseudo-queries ({', '.join(kinds)}), {recipe_args.warm_start_epochs:g} epoch(s); no validation", \
             True, None
     best, best_step = host.state.best_metric, host.state.best_global_step
+    if keeper is not None:
+        if keeper.weights is None or keeper.score is None:
+            raise HNTrainerError(f"--warm_start_step {pinned}: the warm start ended at step {host.state.global_step} "
+                                 "without validating that step")
+        model.load_state_dict(keeper.weights)
+        return (f"{n} pseudo-queries ({', '.join(kinds)}): checkpoint of step {pinned} of {host.state.global_step}, "
+                f"set by --warm_start_step ({key} {keeper.score:.4f} on the validation queries; best {best:.4f} at "
+                f"step {best_step}; base {base_score:.4f})"), True, keeper.run
     if best is None or best <= base_score:
         model.load_state_dict(base_state)
         return (f"{n} pseudo-queries ({', '.join(kinds)}): no warm-start checkpoint beat the base on the validation "

@@ -134,6 +134,22 @@ def test_groups_split_methods_from_ablations():
     assert "sentence-transformers mine_hard_negatives" in power.GROUPS["methods"]
 
 
+def test_the_kept_warm_start_step_is_read_from_the_selection():
+    chosen = ("2500 pseudo-queries (titles, spans): checkpoint of step 237 of 313, best mrr@10 on the validation "
+              "queries (0.6080; base 0.1012)")
+    assert power.kept_warm_start_step({"selection": {"warm_start": chosen}}) == 237
+    base_kept = "1000 pseudo-queries (titles): no warm-start checkpoint beat the base on the validation queries"
+    assert power.kept_warm_start_step({"selection": {"warm_start": base_kept}}) is None
+    assert power.kept_warm_start_step({}) is None
+    # the rebuild's command keeps that step (two validation scores 0.0002 apart chose another on another CPU)
+    kept = {"selection": {"warm_start": chosen}}
+    command = power.rebuild_command(1, power.DEFAULT_CONFIG, Path("out"), Path("work"), [], kept)
+    assert command[command.index("--warm_start_step") + 1] == "237" and "--warm_start_only" in command
+    assert command[command.index("--output_dir") + 1] == str(Path("work") / "ours" / "seed1-warm-start")
+    assert "--warm_start_step" not in power.rebuild_command(1, power.DEFAULT_CONFIG, Path("out"), Path("work"), [],
+                                                            {"selection": {"warm_start": base_kept}})
+
+
 def test_a_rebuilt_warm_start_may_differ_from_the_kept_one_only_within_tolerance():
     kept = {f"q{i}": 0.5 for i in range(100)}
     flipped = {**kept, "q0": 1.0, "q1": 0.333}  # a couple of near-ties decided the other way

@@ -100,6 +100,61 @@ def test_recipe_distills_and_keeps_the_better_of_base_and_checkpoints(tmp_path, 
         assert sum(scores.values()) / len(scores) == pytest.approx(results["rows"][name]["mrr@10"])
 
 
+def test_a_set_warm_start_step_is_kept_instead_of_the_best(tmp_path, tiny_beir, tiny_bert_dir, tiny_encoder_dir,
+                                                             capsys):
+    import re
+
+    from test_recipe import _args
+
+    from hn_trainer.cli import main
+
+    common = ("--warm_start", "distill", "--warm_start_candidates", "3", "--warm_start_eval_steps", "1",
+              "--validation_queries", "1", "--warm_start_only", "true", "--evaluate_base", "false")
+    args = _args(tmp_path, tiny_beir, tiny_bert_dir, tiny_encoder_dir, *common, "--warm_start_step", "1")
+    assert main(["train", *args]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    chosen = results["selection"]["warm_start"]
+    assert re.search(r"checkpoint of step 1 of \d+, set by --warm_start_step \(mrr@10 ([0-9.]+)", chosen), chosen
+    kept = float(re.search(r"mrr@10 ([0-9.]+) on the validation queries", chosen).group(1))
+    # the validation row is the run made at step 1, which the trainer's log records too
+    assert results["validation_rows"]["warm-started base"]["mrr@10"] == pytest.approx(kept, abs=1e-4)
+    state = json.loads(next((tmp_path / "run" / "warm_start").glob("checkpoint-*/trainer_state.json")).read_text())
+    at_step = [e["eval_mrr@10"] for e in state["log_history"] if e.get("step") == 1 and "eval_mrr@10" in e]
+    assert at_step and at_step[0] == pytest.approx(kept, abs=1e-4)
+    # a step the warm start does not validate is refused before it trains
+    (tmp_path / "run").rename(tmp_path / "first")
+    every_two = [("2" if a == "1" and common[i - 1] == "--warm_start_eval_steps" else a) for i, a in enumerate(common)]
+    args = _args(tmp_path, tiny_beir, tiny_bert_dir, tiny_encoder_dir, *every_two, "--warm_start_step", "1")
+    assert main(["train", *args]) == 1
+    assert "--warm_start_step 1: the warm start validates at steps [2" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "warm_start").exists()
+
+
+def test_keep_step_callback_copies_the_weights_and_the_run_of_its_step():
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import TrainerControl, TrainerState
+
+    from hn_trainer.training.callbacks import KeepStepCallback
+
+    validation = SimpleNamespace(last_run={"q": {"d": 1.0}})
+    model = torch.nn.Linear(2, 1)
+    keeper = KeepStepCallback(2, validation, "eval_mrr@10")
+    state, control = TrainerState(), TrainerControl()
+    for step in (1, 2, 3):
+        state.global_step = step
+        keeper.on_step_end(None, state, control, model=model)
+        keeper.on_evaluate(None, state, control, metrics={"eval_mrr@10": step / 10})
+        validation.last_run = {"q": {"d": float(step + 1)}}
+        if step == 2:
+            expected = model.weight.detach().clone()
+        with torch.no_grad():
+            model.weight.add_(1.0)  # the next step's update
+    assert torch.equal(keeper.weights["weight"], expected) and not torch.equal(model.weight, expected)
+    assert keeper.score == 0.2 and keeper.run == {"q": {"d": 2.0}}
+
+
 def test_warm_start_arguments_are_checked(capsys):
     from hn_trainer.cli import main
 
@@ -109,6 +164,10 @@ def test_warm_start_arguments_are_checked(capsys):
     assert "--warm_start_temperature must be positive" in capsys.readouterr().err
     assert main(["train", "--warm_start_only", "true"]) == 1  # the default warm start is none
     assert "--warm_start_only needs a warm start" in capsys.readouterr().err
+    assert main(["train", "--warm_start_step", "3"]) == 1
+    assert "--warm_start_step picks a checkpoint of --warm_start distill" in capsys.readouterr().err
+    assert main(["train", "--warm_start", "distill", "--warm_start_step", "0"]) == 1
+    assert "--warm_start_step must be at least 1" in capsys.readouterr().err
 
 
 def test_the_student_is_tempered_like_the_teacher():

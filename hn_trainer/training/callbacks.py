@@ -1,6 +1,7 @@
-"""`RemineCallback`: re-score every pair's pool with the model being trained and reorder it hardest first.
+"""`RemineCallback`: re-score every pair's pool with the model being trained and reorder it hardest first;
+`KeepStepCallback`: keep the weights of one step (a recorded run's checkpoint, built again).
 
-It is the cheap counterpart of ANCE/ADORE-style dynamic negatives: no re-encoding of the corpus and no index
+`RemineCallback` is the cheap counterpart of ANCE/ADORE-style dynamic negatives: no re-encoding of the corpus and no index
 rebuild, only one cross-encoder score per distinct (query, pool document). With the ``"hardest"`` strategy the
 collator then follows what the model now finds hard.
 """
@@ -188,3 +189,28 @@ class RemineCallback(TrainerCallback, ExportableState):
         if self.dataset is None:
             raise HNTrainerError("RemineCallback has no pools: pass dataset= or train with a HardNegativeCollator")
         return self.dataset
+
+
+class KeepStepCallback(TrainerCallback):
+    """Keep the weights of the model at optimizer step ``step``, and the validation run and ``metric`` of the
+    evaluation made at that step (``validation.last_run`` then), whatever checkpoint the trainer ends on.
+
+    It builds again the model a run recorded ("checkpoint of step 237 of 313") when two validation scores are
+    so close that floating-point order on another machine could pick the other one.
+    """
+
+    def __init__(self, step: int, validation: Any, metric: str):
+        self.step, self.validation, self.metric = step, validation, metric
+        self.weights: dict | None = None
+        self.run: dict | None = None
+        self.score: float | None = None
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None,
+                    **kwargs):
+        if state.global_step == self.step:
+            self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None,
+                    **kwargs):
+        if state.global_step == self.step and metrics and self.metric in metrics:
+            self.run, self.score = self.validation.last_run, metrics[self.metric]
