@@ -69,6 +69,9 @@ ROWS: dict[str, list[str]] = {
     # ablations of ours
     "ours, condition 1 only": ["--conditions", "query"],
     "ours, one encoder (all-MiniLM-L6-v2)": ["--encoders", "sentence-transformers/all-MiniLM-L6-v2"],
+    # the paper's ensemble is of strong, diverse encoders; the config's packaged one adds two weak ones to MiniLM
+    "ours, two strong encoders (all-MiniLM-L6-v2, all-mpnet-base-v2)": [
+        "--encoders", "sentence-transformers/all-MiniLM-L6-v2,sentence-transformers/all-mpnet-base-v2"],
     "ours, PCA 80%": ["--pca_variance", "0.8"],
     "ours, concatenation without PCA": ["--pca_variance", "1.0"],
     # the paper's triples only: pairs without a dual-condition negative are dropped, not given a random one
