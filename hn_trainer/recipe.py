@@ -68,9 +68,16 @@ class RecipeArguments:
     warm_start: Literal["none", "distill", "titles"] = field(
         default="none",
         metadata={"help": "Before the main training, adapt the reranker to the domain without labels. 'distill': "
-                  "distil the mining ensemble's similarities over each pseudo-query's nearest documents into the "
+                  "distil the mining ensemble's (or --warm_start_encoders') similarities over each pseudo-query's nearest documents into the "
                   "reranker (ListNetLoss), pseudo-queries being titles and sentences taken out of documents "
                   "(hn_trainer.training.warm_start); 'titles': (title, body) pairs with mined negatives."},
+    )
+    warm_start_encoders: str | None = field(
+        default=None,
+        metadata={"help": "The warm start's teacher: comma-separated encoder specs like --encoders, built into an "
+                  "ensemble the same way (PCA at --pca_variance, fitted on the corpus and the training queries). "
+                  "Default: the mining ensemble, --encoders. Set it to mine negatives with one ensemble and "
+                  "distil another."},
     )
     warm_start_kinds: str = field(
         default="titles,spans",
@@ -120,6 +127,10 @@ class RecipeArguments:
     def __post_init__(self) -> None:
         from hn_trainer.training.warm_start import KINDS
 
+        if isinstance(self.warm_start_encoders, (list, tuple)):
+            self.warm_start_encoders = ",".join(self.warm_start_encoders)
+        if self.warm_start_encoders is not None and not self.warm_start_encoder_list:
+            self.warm_start_encoders = None  # an empty value: the mining ensemble
         kinds = [k.strip() for k in str(self.warm_start_kinds).split(",") if k.strip()]
         if not kinds or set(kinds) - set(KINDS):
             raise ConfigError(f"--warm_start_kinds must name {' and/or '.join(KINDS)}, got {self.warm_start_kinds!r}")
@@ -139,6 +150,10 @@ class RecipeArguments:
             raise ConfigError("--warm_start_step picks a checkpoint of --warm_start distill")
         if self.warm_start_only and self.warm_start == "none":
             raise ConfigError("--warm_start_only needs a warm start: set --warm_start distill or titles")
+
+    @property
+    def warm_start_encoder_list(self) -> list[str]:
+        return [e.strip() for e in str(self.warm_start_encoders or "").split(",") if e.strip()]
 
 
 def parse_recipe_args(argv: list[str] | None = None, defaults: dict | None = None):
@@ -259,7 +274,7 @@ def title_pool(data, mining_args, train_args, recipe_args, mined):
         raise HNTrainerError(f"warm_start='titles': the documents of {data.name} have no titles")
     if mined is None or mined.ensemble is None:
         raise HNTrainerError("warm_start='titles' needs the ensemble vectors: mine here (no --mined_dir) with an "
-                             "embedding method")
+                             "embedding method, or name the teacher with --warm_start_encoders")
     if recipe_args.warm_start_max_pairs and len(titled) > recipe_args.warm_start_max_pairs:
         titled = random.Random(train_args.seed).sample(titled, recipe_args.warm_start_max_pairs)
     query_ids = [f"title:{d}" for d, _ in titled]
@@ -271,6 +286,30 @@ def title_pool(data, mining_args, train_args, recipe_args, mined):
         num_negatives=mining_args.pool_size, sampler=sampler,
     )
     return HardNegativeDataset.from_mined(dataset, keep_empty=True, corpus=(list(data.corpus["_id"]), list(data.corpus["text"])))
+
+
+def warm_start_teacher(data, mining_args, recipe_args, splits: QuerySplits, mined, state=None):
+    """The `MinedPairs` whose ensemble and corpus vectors the warm start learns from: mining's, or with
+    ``--warm_start_encoders`` an ensemble of those encoders built as mining builds its own (the same PCA level,
+    fitted on the corpus and the training queries), so that a teacher named there is the teacher it would be as
+    ``--encoders``."""
+    from hn_trainer.embeddings import build_ensemble_embeddings
+    from hn_trainer.mining.pipeline import MinedPairs
+
+    encoders = recipe_args.warm_start_encoder_list
+    if not encoders or (mined is not None and mined.ensemble is not None and encoders == mining_args.encoder_list):
+        return mined
+    query_ids = list(dict.fromkeys(q for q, _ in splits.train_pairs))
+    index = data.query_index()
+    logger.info("Warm-start teacher: %s", ", ".join(encoders))
+    ensemble = build_ensemble_embeddings(
+        data.corpus, data.queries.select([index[q] for q in query_ids]), encoders,
+        pca_variance=mining_args.pca_variance, cache_dir=mining_args.cache_dir,
+        batch_size=mining_args.embedding_batch_size, device=mining_args.mining_device, state=state,
+    )
+    return MinedPairs(dataset=None, stats={}, query_ids=query_ids, query_embeddings=ensemble.query_embeddings,
+                      corpus_embeddings=ensemble.corpus_embeddings, ensemble=ensemble,
+                      corpus_ids=list(data.corpus["_id"]))
 
 
 def first_stage_run(data, eval_args, mining_args, mined, qrels: dict, state=None) -> dict:
@@ -424,11 +463,12 @@ def run_training(data_args, mining_args, train_args, eval_args, recipe_args, *, 
     if do_train and recipe_args.warm_start != "none" and not train_args.resume_from_checkpoint:
         # (a resumed run restores the weights from its checkpoint, warm start included)
         changed, warm_run = True, None
+        teacher = warm_start_teacher(data, mining_args, recipe_args, splits, mined, state)
         if recipe_args.warm_start == "distill":
             selection["warm_start"], changed, warm_run = _distill_warm_start(
-                trainer, data, mining_args, train_args, recipe_args, mined, validation)
+                trainer, data, mining_args, train_args, recipe_args, teacher, validation)
         else:
-            _warm_start(trainer, data, mining_args, train_args, recipe_args, mined)
+            _warm_start(trainer, data, mining_args, train_args, recipe_args, teacher)
         if changed or "base reranker" not in rows:
             rows["warm-started base"] = test(model)
             per_query["warm-started base"] = _per_query_mrr(test.last_run, splits.test)

@@ -130,6 +130,46 @@ def test_a_set_warm_start_step_is_kept_instead_of_the_best(tmp_path, tiny_beir, 
     assert not (tmp_path / "run" / "warm_start").exists()
 
 
+def test_a_teacher_named_apart_from_the_miners_is_the_teacher_it_is_as_the_mining_ensemble(
+        tmp_path, tiny_beir, tiny_bert_dir, tiny_encoder_dir, monkeypatch):
+    from test_recipe import _args
+
+    from hn_trainer.cli import main
+    from hn_trainer.training import warm_start
+
+    taught = []  # the teacher's encoders and its distillation targets, per run
+
+    def recording(data, mined, **kwargs):
+        dataset = build(data, mined, **kwargs)
+        taught.append((list(mined.ensemble.per_encoder_dims), dataset["labels"]))
+        return dataset
+
+    build = warm_start.warm_start_dataset
+    monkeypatch.setattr(warm_start, "warm_start_dataset", recording)
+    common = ("--warm_start", "distill", "--warm_start_candidates", "3", "--warm_start_eval_steps", "1",
+              "--validation_queries", "1", "--warm_start_only", "true", "--evaluate_base", "false")
+    runs = {"mining ensemble": (), "lsa named apart": ("--warm_start_encoders", "lsa:8"),
+            "lsa mining": ("--encoders", "lsa:8")}
+    results = {}
+    for name, extra in runs.items():  # the mining ensemble of `_args`: the tiny encoder and LSA
+        assert main(["train", *_args(tmp_path, tiny_beir, tiny_bert_dir, tiny_encoder_dir, *common, *extra)]) == 0
+        results[name] = json.loads((tmp_path / "run" / "results.json").read_text())
+        (tmp_path / "run").rename(tmp_path / name.replace(" ", "-"))
+    (default, default_labels), (apart, apart_labels), (alone, alone_labels) = taught
+    assert default == [str(tiny_encoder_dir), "lsa:8"] and apart == alone == ["lsa:8"]
+    # named apart, LSA teaches what it teaches as the mining ensemble (the same PCA fit), not what mining's does
+    assert apart_labels == alone_labels and apart_labels != default_labels
+    assert results["lsa named apart"]["settings"]["recipe"]["warm_start_encoders"] == "lsa:8"
+
+
+def test_warm_start_encoders_read_from_a_list_and_empty_means_the_mining_ensemble():
+    from hn_trainer.recipe import RecipeArguments
+
+    assert RecipeArguments(warm_start_encoders=["a", "lsa:8"]).warm_start_encoder_list == ["a", "lsa:8"]
+    assert RecipeArguments(warm_start_encoders=" , ").warm_start_encoders is None
+    assert RecipeArguments().warm_start_encoder_list == []
+
+
 def test_keep_step_callback_copies_the_weights_and_the_run_of_its_step():
     from types import SimpleNamespace
 

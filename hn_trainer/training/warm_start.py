@@ -170,7 +170,7 @@ def warm_start_dataset(data, mined, *, kinds=KINDS, max_queries=None, candidates
     """
     if mined is None or mined.ensemble is None:
         raise HNTrainerError("the warm start distils the mining ensemble: mine here (no --mined_dir) with an "
-                             "embedding method")
+                             "embedding method, or name the teacher with --warm_start_encoders")
     titles, bodies = list(data.corpus["title"]), list(data.corpus["text"])
     pseudo = pseudo_queries(titles, bodies, kinds=kinds, max_queries=max_queries, seed=seed)
     if not pseudo:
