@@ -8,7 +8,8 @@ and fusion weight, and evaluation. The benchmark only adds rows, seeds and stati
 Per seed, the ``ours`` row runs first with the config's warm start (``--warm_start distill`` by default); it
 saves the warm-started base to ``warm_start/final``, and every other row of that seed fine-tunes that same
 model (``--warm_start none``), so rows differ only in how negatives are chosen. The ``ours`` runs also give the
-first stage and the warm-started base rows.
+first stage and the warm-started base rows. A ``warm start, ...`` row builds a warm start of its own
+(``--warm_start_only``, its flags naming what differs) and is scored as a warm-started base, against the config's.
 
 Runs are resumable: each finished (row, seed) writes ``OUT/<row>/seed<S>.json`` (the recipe's
 ``results.json`` plus the machine, the load average before and after, and the command) and is never rerun, so
@@ -89,12 +90,21 @@ ROWS: dict[str, list[str]] = {
     # the first row measured it against the fp32 default of results/paper-v1, the second measures fp32 now
     "ours, bf16 autocast on the CPU": ["--bf16", "true", "--use_cpu", "true"],
     "ours, fp32 on the CPU": ["--bf16", "false"],
+    # other warm starts, built on their own (--warm_start_only) and compared with the config's: the teacher that
+    # mines best as one encoder, instead of the mining ensemble
+    "warm start, taught by one encoder (all-MiniLM-L6-v2)": [
+        "--warm_start_encoders", "sentence-transformers/all-MiniLM-L6-v2"],
 }
 """Row name -> flags added to the config (the ablation rows may run with fewer seeds; the report says how many)."""
 ABLATIONS = tuple(name for name in ROWS if name.startswith(f"{OURS}, "))
-GROUPS = {"methods": tuple(name for name in ROWS if name not in ABLATIONS), "ablations": ABLATIONS}
+WARM_START = "warm-started base"
+WARM_START_ROWS = tuple(name for name in ROWS if name.startswith("warm start, "))
+"""Rows that build a warm start of their own instead of fine-tuning the seed's: their score is their warm-started
+base's, compared with the config's (`WARM_START`), not with ours."""
+GROUPS = {"methods": tuple(name for name in ROWS if name not in (*ABLATIONS, *WARM_START_ROWS)),
+          "ablations": ABLATIONS, "warm starts": WARM_START_ROWS}
 """``--rows`` also takes these names."""
-SHARED_ROWS = ("first stage", "warm-started base")
+SHARED_ROWS = ("first stage", WARM_START)
 RECORD = "power-record.json"
 """A run folder's record (``results.json`` with the command, machine and load), kept beside it in ``--work``."""
 
@@ -121,7 +131,9 @@ def run_command(row: str, seed: int, config: Path, out: Path, work: Path, extra:
     """The ``hn-trainer train`` command of one (row, seed)."""
     flags = ["--config", str(config), "--seed", str(seed), "--output_dir", str(work / slug(row) / f"seed{seed}"),
              "--save_total_limit", "1"]
-    if row != OURS:
+    if row in WARM_START_ROWS:
+        flags += ["--warm_start_only", "true", "--evaluate_base", "false"]
+    elif row != OURS:
         base = warm_start_dir(work, seed)
         flags += ["--model_name_or_path", str(base), "--warm_start", "none", "--evaluate_base", "false"]
     return [sys.executable, "-m", "hn_trainer.cli", "train", *flags, *ROWS[row], *extra]
@@ -206,7 +218,7 @@ def run_one(row: str, seed: int, config: Path, out: Path, work: Path, extra: lis
     path = result_path(out, row, seed)
     if path.exists():
         return json.loads(path.read_text())
-    if row != OURS and not warm_start_dir(work, seed).exists():
+    if row not in (OURS, *WARM_START_ROWS) and not warm_start_dir(work, seed).exists():
         if result_path(out, OURS, seed).exists():
             rebuild_warm_start(seed, config, out, work, extra)
         else:
@@ -279,7 +291,9 @@ def collect(out: Path) -> dict[str, dict[int, dict]]:
         for path in paths:
             result = json.loads(path.read_text())
             seed = int(result["seed"])
-            if not result.get("warm_start_only"):
+            if name in WARM_START_ROWS:
+                found.setdefault(name, {})[seed] = _entry(result, WARM_START, f"{WARM_START}, fused")
+            elif not result.get("warm_start_only"):
                 found.setdefault(name, {})[seed] = _entry(result, "fine-tuned reranker", "fused")
             if name == OURS:
                 for shared, entry in _shared_entries(result).items():
@@ -298,7 +312,8 @@ def seed_average(runs: dict[int, dict], key: str, seeds: list[int]) -> dict[str,
 
 
 def summarize(found: dict[str, dict[int, dict]]) -> list[dict]:
-    """One line per row: seeds, mean MRR@10 alone and fused with 95% intervals, paired test against ours."""
+    """One line per row: seeds, mean MRR@10 alone and fused with 95% intervals, paired test against ours (a
+    warm-start row: against the config's warm-started base)."""
     lines = []
     for name in [*SHARED_ROWS, *ROWS]:
         runs = found.get(name)
@@ -318,10 +333,12 @@ def summarize(found: dict[str, dict[int, dict]]) -> list[dict]:
             line[label] = float(np.mean([runs[s][label] for s in seeds]))
             line[f"{label}_ci"] = bootstrap_interval(values)
             line[f"{label}_per_seed"] = [runs[s][label] for s in seeds]
-            test = compare(found.get(OURS, {}), runs, key) if name != OURS else None
+            reference = WARM_START if name in WARM_START_ROWS else OURS
+            test = compare(found.get(reference, {}), runs, key) if name != OURS else None
             if test is not None:
-                line[f"{label}_vs_ours"] = {"ours_minus_row": test["a_minus_b"], "p_value": test["p_value"],
-                                            "seeds": test["seeds"], "queries": test["queries"]}
+                ref = "warm_start" if reference == WARM_START else "ours"
+                line[f"{label}_vs_{ref}"] = {f"{ref}_minus_row": test["a_minus_b"], "p_value": test["p_value"],
+                                             "seeds": test["seeds"], "queries": test["queries"]}
         lines.append(line)
     return lines
 
@@ -348,26 +365,30 @@ def format_report(lines: list[dict], out: Path) -> str:
         return f"{line[key]:.3f} [{low:.3f}, {high:.3f}]"
 
     def versus(line, key):
-        test = line.get(f"{key}_vs_ours")
+        ref = "warm_start" if f"{key}_vs_warm_start" in line else "ours"
+        test = line.get(f"{key}_vs_{ref}")
         if not test:
             return "-"
         n = len(test["seeds"])
-        return f"{test['ours_minus_row']:+.3f} (p = {test['p_value']:.3f}, {n} seed{'s' if n > 1 else ''})"
+        return f"{test[f'{ref}_minus_row']:+.3f} (p = {test['p_value']:.3f}, {n} seed{'s' if n > 1 else ''})"
 
     def validation(line):
         values = [f"{line[key]:.3f}" if key in line else "-" for key in ("val_mrr", "val_fused_mrr")]
         return " / ".join(values)
 
-    def table(rows):
-        head = ["| row | seeds | validation MRR@10 alone / fused | MRR@10 alone [95% CI] | ours - row, alone "
-                "| MRR@10 fused [95% CI] | ours - row, fused |", "|---|---|---|---|---|---|---|"]
+    def table(rows, reference="ours"):
+        head = [f"| row | seeds | validation MRR@10 alone / fused | MRR@10 alone [95% CI] | {reference} - row, alone "
+                f"| MRR@10 fused [95% CI] | {reference} - row, fused |", "|---|---|---|---|---|---|---|"]
         return head + [f"| {line['row']} | {len(line['seeds'])} | {validation(line)} | {cell(line, 'mrr')} | "
                        f"{versus(line, 'mrr')} | {cell(line, 'fused_mrr')} | {versus(line, 'fused_mrr')} |"
                        for line in rows]
 
     ablations = [line for line in lines if line["row"] in ABLATIONS]
-    methods = [line for line in lines if line["row"] not in ABLATIONS]
+    warm_starts = [line for line in lines if line["row"] in WARM_START_ROWS]
+    methods = [line for line in lines if line["row"] not in (*ABLATIONS, *WARM_START_ROWS)]
     ablation_part = ["## Ablations of ours (may have fewer seeds)", "", *table(ablations), ""] if ablations else []
+    warm_start_part = ["## Other warm starts, against the config's (no label seen; may have fewer seeds)", "",
+                       *table(warm_starts, WARM_START), ""] if warm_starts else []
     machines = sorted({c for line in lines for c in line["cpu"]})
     return "\n".join([
         "# Comparison rows with seeds (generated by `benchmarks/power.py --report`)", "",
@@ -378,14 +399,15 @@ def format_report(lines: list[dict], out: Path) -> str:
         "on the seeds both rows have. Settings are compared on the validation column (training queries held out "
         "of training, the same per seed for every row), never on the test columns.", "",
         "## Ways of choosing negatives", "", *table(methods), "",
-        *ablation_part, f"Machines: {', '.join(machines) or '-'}.", "",
+        *ablation_part, *warm_start_part, f"Machines: {', '.join(machines) or '-'}.", "",
     ])
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", nargs="+", default=list(GROUPS["methods"]), choices=[*ROWS, *GROUPS],
-                        metavar="ROW", help="Rows, or the groups 'methods' (the default) and 'ablations'.")
+                        metavar="ROW", help="Rows, or the groups 'methods' (the default), 'ablations' and "
+                                            "'warm starts'.")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Where finished runs and the report go.")

@@ -123,13 +123,17 @@ def test_every_row_is_a_valid_recipe_command_on_the_shipped_config(row, tmp_path
     assert command[1:5] == ["-m", "hn_trainer.cli", "train", "--config"]
     _, _, train, _, recipe = parse_recipe_args(command[4:])
     assert train.seed == 0 and train.output_dir == str(tmp_path / "work" / power.slug(row) / "seed0")
-    if row != power.OURS:  # every other row fine-tunes ours' warm-started base of the same seed
+    if row in power.WARM_START_ROWS:  # builds a warm start of its own, the config's kind, and only that
+        assert recipe.warm_start == "distill" and recipe.warm_start_only and recipe.warm_start_encoders
+    elif row != power.OURS:  # every other row fine-tunes ours' warm-started base of the same seed
         assert recipe.warm_start == "none"
         assert recipe.model_name_or_path == str(tmp_path / "work" / "ours" / "seed0" / "warm_start" / "final")
 
 
 def test_groups_split_methods_from_ablations():
-    assert set(power.GROUPS["methods"]) | set(power.GROUPS["ablations"]) == set(power.ROWS)
+    groups = [set(power.GROUPS[name]) for name in ("methods", "ablations", "warm starts")]
+    assert set().union(*groups) == set(power.ROWS) and sum(map(len, groups)) == len(power.ROWS)
+    assert power.WARM_START_ROWS and all(r.startswith("warm start, ") for r in power.WARM_START_ROWS)
     assert power.OURS in power.GROUPS["methods"] and all(r.startswith("ours, ") for r in power.ABLATIONS)
     assert "sentence-transformers mine_hard_negatives" in power.GROUPS["methods"]
 
@@ -180,3 +184,27 @@ def test_a_seeds_own_ours_run_gives_the_shared_rows_before_its_rebuilt_warm_star
         path.write_text(json.dumps(result))
     found = power.collect(tmp_path)
     assert found["warm-started base"][0]["mrr"] == 0.5 and found["ours"][0]["mrr"] == 1.0
+
+
+def test_a_warm_start_row_is_scored_as_a_warm_started_base_against_the_configs(tmp_path):
+    queries = [f"q{i}" for i in range(30)]
+    row = power.WARM_START_ROWS[0]
+    _fake_result(tmp_path, "ours", 0, {q: 1.0 for q in queries}, fused={q: 1.0 for q in queries})
+    for name, score in (("ours", 0.25), (row, 0.5)):
+        path = power.result_path(tmp_path, name, 0)
+        result = json.loads(path.read_text()) if name == "ours" else {
+            "row": row, "seed": 0, "warm_start_only": True, "rows": {}, "per_query_mrr@10": {},
+            "validation_rows": {power.WARM_START: {"mrr@10": 0.6}}, "machine": {"cpu": "test cpu"}}
+        per_query = {key: {q: score for q in queries} for key in (power.WARM_START, f"{power.WARM_START}, fused")}
+        result["per_query_mrr@10"].update(per_query)
+        result["rows"].update({key: {"mrr@10": score} for key in per_query})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result))
+    lines = {line["row"]: line for line in power.summarize(power.collect(tmp_path))}
+    assert lines[row]["mrr"] == 0.5 and lines[row]["fused_mrr"] == 0.5 and lines[row]["val_mrr"] == 0.6
+    versus = lines[row]["mrr_vs_warm_start"]  # the config's warm-started base minus this one, not ours
+    assert versus["warm_start_minus_row"] == pytest.approx(-0.25) and "mrr_vs_ours" not in lines[row]
+    assert lines["ours"]["mrr"] == 1.0  # a warm-start-only result is no fine-tuned run
+    report = power.format_report(list(lines.values()), tmp_path)
+    assert "## Other warm starts" in report and "| warm-started base - row, alone |" in report
+    assert f"| {row} | 1 | 0.600 / - | 0.500 [0.500, 0.500] | -0.250 (p = 0.000, 1 seed) |" in report
