@@ -94,6 +94,8 @@ ROWS: dict[str, list[str]] = {
     # mines best as one encoder, instead of the mining ensemble
     "warm start, taught by one encoder (all-MiniLM-L6-v2)": [
         "--warm_start_encoders", "sentence-transformers/all-MiniLM-L6-v2"],
+    # the older stage: (title, body) pairs with the ensemble's dense top-k negatives, no checkpoint chosen
+    "warm start, titles with mined negatives": ["--warm_start", "titles"],
 }
 """Row name -> flags added to the config (the ablation rows may run with fewer seeds; the report says how many)."""
 ABLATIONS = tuple(name for name in ROWS if name.startswith(f"{OURS}, "))
