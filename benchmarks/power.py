@@ -9,7 +9,8 @@ Per seed, the ``ours`` row runs first with the config's warm start (``--warm_sta
 saves the warm-started base to ``warm_start/final``, and every other row of that seed fine-tunes that same
 model (``--warm_start none``), so rows differ only in how negatives are chosen. The ``ours`` runs also give the
 first stage and the warm-started base rows. A ``warm start, ...`` row builds a warm start of its own
-(``--warm_start_only``, its flags naming what differs) and is scored as a warm-started base, against the config's.
+(``--warm_start_only``, its flags naming what differs) and is scored as a warm-started base, against the config's;
+a row of `BASE_ROWS` fine-tunes such a warm start instead of ours'.
 
 Runs are resumable: each finished (row, seed) writes ``OUT/<row>/seed<S>.json`` (the recipe's
 ``results.json`` plus the machine, the load average before and after, and the command) and is never rerun, so
@@ -70,6 +71,8 @@ ROWS: dict[str, list[str]] = {
     # ablations of ours
     "ours, condition 1 only": ["--conditions", "query"],
     "ours, one encoder (all-MiniLM-L6-v2)": ["--encoders", "sentence-transformers/all-MiniLM-L6-v2"],
+    # all-MiniLM-L6-v2 as the miner and as the warm start's teacher: fine-tunes that warm start (`BASE_ROWS`)
+    "ours, one encoder, on the warm start it teaches": ["--encoders", "sentence-transformers/all-MiniLM-L6-v2"],
     # the paper's ensemble is of strong, diverse encoders; the config's packaged one adds two weak ones to MiniLM
     "ours, two strong encoders (all-MiniLM-L6-v2, all-mpnet-base-v2)": [
         "--encoders", "sentence-transformers/all-MiniLM-L6-v2,sentence-transformers/all-mpnet-base-v2"],
@@ -103,6 +106,8 @@ WARM_START = "warm-started base"
 WARM_START_ROWS = tuple(name for name in ROWS if name.startswith("warm start, "))
 """Rows that build a warm start of their own instead of fine-tuning the seed's: their score is their warm-started
 base's, compared with the config's (`WARM_START`), not with ours."""
+BASE_ROWS = {"ours, one encoder, on the warm start it teaches": WARM_START_ROWS[0]}
+"""Rows that fine-tune the warm start of a warm-start row (of the same seed) instead of ours'."""
 GROUPS = {"methods": tuple(name for name in ROWS if name not in (*ABLATIONS, *WARM_START_ROWS)),
           "ablations": ABLATIONS, "warm starts": WARM_START_ROWS}
 """``--rows`` also takes these names."""
@@ -119,14 +124,19 @@ def result_path(out: Path, row: str, seed: int) -> Path:
     return out / slug(row) / f"seed{seed}.json"
 
 
-def warm_start_result_path(out: Path, seed: int) -> Path:
-    """Where the result of a seed's warm start built again goes (beside the ``ours`` result)."""
-    return out / slug(OURS) / f"seed{seed}-warm-start.json"
+def warm_start_result_path(out: Path, seed: int, row: str = OURS) -> Path:
+    """Where the result of a seed's warm start built again goes (beside the result of the `row` that built it)."""
+    return out / slug(row) / f"seed{seed}-warm-start.json"
 
 
-def warm_start_dir(work: Path, seed: int) -> Path:
-    """Where a seed's ``ours`` run saves the warm-started base that the seed's other rows fine-tune."""
-    return work / slug(OURS) / f"seed{seed}" / "warm_start" / "final"
+def warm_start_dir(work: Path, seed: int, row: str = OURS) -> Path:
+    """Where a seed's ``ours`` run (or warm-start `row`) saves the warm-started base that rows fine-tune."""
+    return work / slug(row) / f"seed{seed}" / "warm_start" / "final"
+
+
+def base_row(row: str) -> str:
+    """The row whose warm-started base `row` fine-tunes: ours', or a warm-start row's (`BASE_ROWS`)."""
+    return BASE_ROWS.get(row, OURS)
 
 
 def run_command(row: str, seed: int, config: Path, out: Path, work: Path, extra: list[str]) -> list[str]:
@@ -136,7 +146,7 @@ def run_command(row: str, seed: int, config: Path, out: Path, work: Path, extra:
     if row in WARM_START_ROWS:
         flags += ["--warm_start_only", "true", "--evaluate_base", "false"]
     elif row != OURS:
-        base = warm_start_dir(work, seed)
+        base = warm_start_dir(work, seed, base_row(row))
         flags += ["--model_name_or_path", str(base), "--warm_start", "none", "--evaluate_base", "false"]
     return [sys.executable, "-m", "hn_trainer.cli", "train", *flags, *ROWS[row], *extra]
 
@@ -168,35 +178,39 @@ def kept_warm_start_step(result: dict) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def rebuild_command(seed: int, config: Path, out: Path, work: Path, extra: list[str], kept: dict) -> list[str]:
-    """The command that builds again the warm start of the kept ``ours`` result `kept`, at the step it kept."""
+def rebuild_command(seed: int, config: Path, out: Path, work: Path, extra: list[str], kept: dict,
+                    row: str = OURS) -> list[str]:
+    """The command that builds again the warm start of the kept result `kept` of ``ours`` (or of warm-start
+    `row`), at the step it kept."""
     step = kept_warm_start_step(kept)
-    command = [*run_command(OURS, seed, config, out, work, extra), "--warm_start_only", "true",
-               "--evaluate_base", "false", *(["--warm_start_step", str(step)] if step else [])]
-    command[command.index("--output_dir") + 1] = str(rebuild_dir(work, seed))
+    only = [] if row in WARM_START_ROWS else ["--warm_start_only", "true", "--evaluate_base", "false"]
+    command = [*run_command(row, seed, config, out, work, extra), *only,
+               *(["--warm_start_step", str(step)] if step else [])]
+    command[command.index("--output_dir") + 1] = str(rebuild_dir(work, seed, row))
     return command
 
 
-def rebuild_dir(work: Path, seed: int) -> Path:
-    return work / slug(OURS) / f"seed{seed}-warm-start"
+def rebuild_dir(work: Path, seed: int, row: str = OURS) -> Path:
+    return work / slug(row) / f"seed{seed}-warm-start"
 
 
-def rebuild_warm_start(seed: int, config: Path, out: Path, work: Path, extra: list[str]) -> None:
-    """Build again the warm-started base of a seed whose ``ours`` result is kept but whose model is not (a fresh
-    checkout, another machine): the ``ours`` command with ``--warm_start_only``, in a folder beside the run's
+def rebuild_warm_start(seed: int, config: Path, out: Path, work: Path, extra: list[str], row: str = OURS) -> None:
+    """Build again the warm-started base of a seed whose ``ours`` (or warm-start `row`) result is kept but whose
+    model is not (a fresh checkout, another machine): the command with ``--warm_start_only``, in a folder beside
+    the run's
     (a finished one there is used, not run again). Its test scores must be those of the kept result within
     `REBUILD_TOLERANCE`, else rows fine-tuned from it would not be comparable; the deviation is recorded. It
     keeps the warm-start step the kept result names (``--warm_start_step``): two validation scores 0.0002 apart
     pick different checkpoints on another CPU otherwise."""
-    folder = rebuild_dir(work, seed)
-    kept_result = json.loads(result_path(out, OURS, seed).read_text())
-    command = rebuild_command(seed, config, out, work, extra, kept_result)
+    folder = rebuild_dir(work, seed, row)
+    kept_result = json.loads(result_path(out, row, seed).read_text())
+    command = rebuild_command(seed, config, out, work, extra, kept_result, row)
     if (folder / RECORD).exists() and (folder / "warm_start" / "final").is_dir():
         record = json.loads((folder / RECORD).read_text())
-        print(f"[power] {OURS}, seed {seed}: the kept result's warm start, built again in {folder}", flush=True)
+        print(f"[power] {row}, seed {seed}: the kept result's warm start, built again in {folder}", flush=True)
     else:
-        print(f"[power] {OURS}, seed {seed}: the kept result's warm start, again: {shlex.join(command)}", flush=True)
-        record = _execute(command, folder, OURS, seed)
+        print(f"[power] {row}, seed {seed}: the kept result's warm start, again: {shlex.join(command)}", flush=True)
+        record = _execute(command, folder, row, seed)
     kept = kept_result["per_query_mrr@10"]["warm-started base"]
     record["rebuilt_vs_kept"] = deviation = rebuild_deviation(record["per_query_mrr@10"]["warm-started base"], kept)
     if not rebuild_within_tolerance(deviation):
@@ -204,15 +218,15 @@ def rebuild_warm_start(seed: int, config: Path, out: Path, work: Path, extra: li
             f"the warm start of seed {seed} built again in {folder} does not score as the kept one: "
             f"{deviation['queries_differing']} of {deviation['queries']} test queries differ, mean MRR@10 "
             f"{deviation['mean_difference']:+.4f} (tolerance {REBUILD_TOLERANCE}): delete "
-            f"{result_path(out, OURS, seed)} and that seed's other rows to run them again together")
-    print(f"[power] {OURS}, seed {seed}: the rebuilt warm start scores as the kept one within tolerance "
+            f"{result_path(out, row, seed)} and the rows of that seed that fine-tune it to run them again together")
+    print(f"[power] {row}, seed {seed}: the rebuilt warm start scores as the kept one within tolerance "
           f"({deviation['queries_differing']} of {deviation['queries']} test queries differ, mean "
           f"{deviation['mean_difference']:+.4f})", flush=True)
-    target = warm_start_dir(work, seed)
+    target = warm_start_dir(work, seed, row)
     target.parent.mkdir(parents=True, exist_ok=True)
     (folder / "warm_start" / "final").replace(target)
-    if not warm_start_result_path(out, seed).exists():
-        write_json(warm_start_result_path(out, seed), record, indent=1)
+    if not warm_start_result_path(out, seed, row).exists():
+        write_json(warm_start_result_path(out, seed, row), record, indent=1)
 
 
 def run_one(row: str, seed: int, config: Path, out: Path, work: Path, extra: list[str]) -> dict:
@@ -220,11 +234,12 @@ def run_one(row: str, seed: int, config: Path, out: Path, work: Path, extra: lis
     path = result_path(out, row, seed)
     if path.exists():
         return json.loads(path.read_text())
-    if row not in (OURS, *WARM_START_ROWS) and not warm_start_dir(work, seed).exists():
-        if result_path(out, OURS, seed).exists():
-            rebuild_warm_start(seed, config, out, work, extra)
+    base = base_row(row)
+    if row not in (OURS, *WARM_START_ROWS) and not warm_start_dir(work, seed, base).exists():
+        if result_path(out, base, seed).exists():
+            rebuild_warm_start(seed, config, out, work, extra, base)
         else:
-            run_one(OURS, seed, config, out, work, extra)
+            run_one(base, seed, config, out, work, extra)
     command = run_command(row, seed, config, out, work, extra)
     print(f"[power] {row}, seed {seed}: {shlex.join(command)}", flush=True)
     record = _execute(command, work / slug(row) / f"seed{seed}", row, seed)
@@ -293,8 +308,8 @@ def collect(out: Path) -> dict[str, dict[int, dict]]:
         for path in paths:
             result = json.loads(path.read_text())
             seed = int(result["seed"])
-            if name in WARM_START_ROWS:
-                found.setdefault(name, {})[seed] = _entry(result, WARM_START, f"{WARM_START}, fused")
+            if name in WARM_START_ROWS:  # its own run, before a rebuild of it
+                found.setdefault(name, {}).setdefault(seed, _entry(result, WARM_START, f"{WARM_START}, fused"))
             elif not result.get("warm_start_only"):
                 found.setdefault(name, {})[seed] = _entry(result, "fine-tuned reranker", "fused")
             if name == OURS:

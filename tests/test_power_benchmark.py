@@ -125,15 +125,17 @@ def test_every_row_is_a_valid_recipe_command_on_the_shipped_config(row, tmp_path
     assert train.seed == 0 and train.output_dir == str(tmp_path / "work" / power.slug(row) / "seed0")
     if row in power.WARM_START_ROWS:  # builds a warm start of its own, the config's kind, and only that
         assert recipe.warm_start != "none" and recipe.warm_start_only
-    elif row != power.OURS:  # every other row fine-tunes ours' warm-started base of the same seed
+    elif row != power.OURS:  # every other row fine-tunes ours' (or a warm-start row's) base of the same seed
         assert recipe.warm_start == "none"
-        assert recipe.model_name_or_path == str(tmp_path / "work" / "ours" / "seed0" / "warm_start" / "final")
+        base = power.slug(power.BASE_ROWS.get(row, power.OURS))
+        assert recipe.model_name_or_path == str(tmp_path / "work" / base / "seed0" / "warm_start" / "final")
 
 
 def test_groups_split_methods_from_ablations():
     groups = [set(power.GROUPS[name]) for name in ("methods", "ablations", "warm starts")]
     assert set().union(*groups) == set(power.ROWS) and sum(map(len, groups)) == len(power.ROWS)
     assert power.WARM_START_ROWS and all(r.startswith("warm start, ") for r in power.WARM_START_ROWS)
+    assert set(power.BASE_ROWS) <= set(power.ABLATIONS) and set(power.BASE_ROWS.values()) <= set(power.WARM_START_ROWS)
     assert power.OURS in power.GROUPS["methods"] and all(r.startswith("ours, ") for r in power.ABLATIONS)
     assert "sentence-transformers mine_hard_negatives" in power.GROUPS["methods"]
 
@@ -208,3 +210,40 @@ def test_a_warm_start_row_is_scored_as_a_warm_started_base_against_the_configs(t
     report = power.format_report(list(lines.values()), tmp_path)
     assert "## Other warm starts" in report and "| warm-started base - row, alone |" in report
     assert f"| {row} | 1 | 0.600 / - | 0.500 [0.500, 0.500] | -0.250 (p = 0.000, 1 seed) |" in report
+
+
+def test_a_row_fine_tunes_a_warm_start_rows_model_and_rebuilds_it_on_a_fresh_checkout(
+        tmp_path, monkeypatch, tiny_beir, tiny_bert_dir, tiny_encoder_dir):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        f"data: {tiny_beir}\nencoders: {tiny_encoder_dir},lsa:8\nmodel_name_or_path: {tiny_bert_dir}\n"
+        f"first_stage_encoder: {tiny_encoder_dir}\nwarm_start: distill\nwarm_start_candidates: 3\n"
+        "max_steps: 2\nper_device_train_batch_size: 2\npool_size: 4\nnum_negatives: 1\n"
+        "keep_pairs_without_negatives: true\nfill_random_negatives: true\nmax_length: 64\neval_candidates_k: 5\n"
+        f"save_strategy: 'no'\nreport_to: none\nuse_cpu: true\ncache_dir: {tmp_path / 'cache'}\n"
+    )
+    warm, tuned = "warm start, taught by the tiny encoder", "ours, tiny encoder, on the warm start it teaches"
+    monkeypatch.setattr(power, "ROWS", {power.OURS: [], warm: ["--warm_start_encoders", str(tiny_encoder_dir)],
+                                        tuned: ["--encoders", str(tiny_encoder_dir)]})
+    monkeypatch.setattr(power, "WARM_START_ROWS", (warm,))
+    monkeypatch.setattr(power, "BASE_ROWS", {tuned: warm})
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = ["--rows", tuned, "--seeds", "0", "--config", str(config), "--out", str(out), "--work", str(work)]
+    assert power.main(args) == 0  # the warm-start row runs first, for the model the row fine-tunes
+    kept = json.loads(power.result_path(out, warm, 0).read_text())
+    assert kept["warm_start_only"] and f"--warm_start_encoders {tiny_encoder_dir}" in kept["command"]
+    run = json.loads(power.result_path(out, tuned, 0).read_text())
+    assert f"{power.slug(warm)}/seed0/warm_start/final" in run["command"] and "--warm_start none" in run["command"]
+    assert not power.result_path(out, power.OURS, 0).exists()  # ours' warm start is not needed
+    # a fresh checkout: the warm-start row's model is built again, checked against its kept result
+    import shutil
+
+    shutil.rmtree(work)
+    power.result_path(out, tuned, 0).unlink()
+    assert power.main(args) == 0
+    assert json.loads(power.result_path(out, warm, 0).read_text()) == kept
+    rebuilt = json.loads(power.warm_start_result_path(out, 0, warm).read_text())
+    assert rebuilt["rebuilt_vs_kept"]["queries_differing"] == 0 and rebuilt["command"] != kept["command"]
+    assert (work / power.slug(warm) / "seed0" / "warm_start" / "final" / "config.json").exists()
+    lines = {line["row"]: line for line in json.loads((out / "summary.json").read_text())}
+    assert lines[warm]["seeds"] == [0] and lines[tuned]["seeds"] == [0]
