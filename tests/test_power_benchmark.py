@@ -69,8 +69,8 @@ def test_compare_tests_any_two_rows_on_their_common_seeds(tmp_path, capsys):
     assert "no finished runs of 'dense top-k'" in capsys.readouterr().err
 
 
-def test_rows_run_through_the_recipe_share_the_warm_start_and_resume(tmp_path, tiny_beir, tiny_bert_dir,
-                                                                      tiny_encoder_dir):
+def _tiny_config(tmp_path, tiny_beir, tiny_bert_dir, tiny_encoder_dir):
+    """A recipe config on the tiny models: a warm start and two training steps."""
     config = tmp_path / "tiny.yaml"
     config.write_text(
         f"data: {tiny_beir}\nencoders: {tiny_encoder_dir},lsa:8\nmodel_name_or_path: {tiny_bert_dir}\n"
@@ -79,6 +79,12 @@ def test_rows_run_through_the_recipe_share_the_warm_start_and_resume(tmp_path, t
         "keep_pairs_without_negatives: true\nfill_random_negatives: true\nmax_length: 64\neval_candidates_k: 5\n"
         f"save_strategy: 'no'\nreport_to: none\nuse_cpu: true\ncache_dir: {tmp_path / 'cache'}\n"
     )
+    return config
+
+
+def test_rows_run_through_the_recipe_share_the_warm_start_and_resume(tmp_path, tiny_beir, tiny_bert_dir,
+                                                                      tiny_encoder_dir):
+    config = _tiny_config(tmp_path, tiny_beir, tiny_bert_dir, tiny_encoder_dir)
     out, work = tmp_path / "out", tmp_path / "work"
     args = ["--rows", "ours", "random", "--seeds", "0", "--config", str(config), "--out", str(out),
             "--work", str(work)]
@@ -214,14 +220,7 @@ def test_a_warm_start_row_is_scored_as_a_warm_started_base_against_the_configs(t
 
 def test_a_row_fine_tunes_a_warm_start_rows_model_and_rebuilds_it_on_a_fresh_checkout(
         tmp_path, monkeypatch, tiny_beir, tiny_bert_dir, tiny_encoder_dir):
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        f"data: {tiny_beir}\nencoders: {tiny_encoder_dir},lsa:8\nmodel_name_or_path: {tiny_bert_dir}\n"
-        f"first_stage_encoder: {tiny_encoder_dir}\nwarm_start: distill\nwarm_start_candidates: 3\n"
-        "max_steps: 2\nper_device_train_batch_size: 2\npool_size: 4\nnum_negatives: 1\n"
-        "keep_pairs_without_negatives: true\nfill_random_negatives: true\nmax_length: 64\neval_candidates_k: 5\n"
-        f"save_strategy: 'no'\nreport_to: none\nuse_cpu: true\ncache_dir: {tmp_path / 'cache'}\n"
-    )
+    config = _tiny_config(tmp_path, tiny_beir, tiny_bert_dir, tiny_encoder_dir)
     warm, tuned = "warm start, taught by the tiny encoder", "ours, tiny encoder, on the warm start it teaches"
     monkeypatch.setattr(power, "ROWS", {power.OURS: [], warm: ["--warm_start_encoders", str(tiny_encoder_dir)],
                                         tuned: ["--encoders", str(tiny_encoder_dir)]})
