@@ -106,7 +106,7 @@ WARM_START = "warm-started base"
 WARM_START_ROWS = tuple(name for name in ROWS if name.startswith("warm start, "))
 """Rows that build a warm start of their own instead of fine-tuning the seed's: their score is their warm-started
 base's, compared with the config's (`WARM_START`), not with ours."""
-BASE_ROWS = {"ours, one encoder, on the warm start it teaches": WARM_START_ROWS[0]}
+BASE_ROWS = {"ours, one encoder, on the warm start it teaches": "warm start, taught by one encoder (all-MiniLM-L6-v2)"}
 """Rows that fine-tune the warm start of a warm-start row (of the same seed) instead of ours'."""
 GROUPS = {"methods": tuple(name for name in ROWS if name not in (*ABLATIONS, *WARM_START_ROWS)),
           "ablations": ABLATIONS, "warm starts": WARM_START_ROWS}
@@ -197,8 +197,7 @@ def rebuild_dir(work: Path, seed: int, row: str = OURS) -> Path:
 def rebuild_warm_start(seed: int, config: Path, out: Path, work: Path, extra: list[str], row: str = OURS) -> None:
     """Build again the warm-started base of a seed whose ``ours`` (or warm-start `row`) result is kept but whose
     model is not (a fresh checkout, another machine): the command with ``--warm_start_only``, in a folder beside
-    the run's
-    (a finished one there is used, not run again). Its test scores must be those of the kept result within
+    the run's (a finished one there is used, not run again). Its test scores must be those of the kept result within
     `REBUILD_TOLERANCE`, else rows fine-tuned from it would not be comparable; the deviation is recorded. It
     keeps the warm-start step the kept result names (``--warm_start_step``): two validation scores 0.0002 apart
     pick different checkpoints on another CPU otherwise."""
